@@ -1,0 +1,3 @@
+from portward.cli import main
+
+main()

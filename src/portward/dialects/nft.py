@@ -1,0 +1,510 @@
+"""The nftables dialect: Policy -> one `inet portward` table, as libnftables JSON and as nft text.
+
+Address lists become named interval sets (one per family), so a rule's cost does not grow with the
+list; rules stay few (one per rule, protocol and family). The JSON produced here is in the same shape
+that `nft -j list` prints back (e.g. `tcp dport`, not `meta l4proto tcp th dport`), so a live table can be
+compared with a compiled one without a second normalisation step; tests/dialects/test_nft.py keeps
+that true against the real kernel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from portward.policy.addresses import V4_MAX, V6_MAX, Net, format_address, merge, merge_ports, prefix_length
+from portward.policy.model import rate_parts
+
+if TYPE_CHECKING:
+    from portward.policy.model import InboundRule, OutboundRule, Policy
+    from portward.policy.toml import LoadedPolicy
+
+TABLE = "portward"
+FAMILY = "inet"
+NFLOG_GROUP_DENIED = 7601
+DENIED_LOG_PREFIX = "portward denied "
+ICMP_ESSENTIAL = ["destination-unreachable", "time-exceeded", "parameter-problem"]
+ICMPV6_ESSENTIAL = [
+    "destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem",
+    "nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert",
+    "mld-listener-query", "mld-listener-report", "mld2-listener-report",
+]
+RATE_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+METER_SIZE = 65535  # bounded state: at most this many sources tracked per rate-limited rule
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    name: str
+    type: str | tuple[str, ...]
+    flags: tuple[str, ...] = ()
+    timeout: int | None = None  # seconds
+    size: int | None = None
+    # Interval address sets hold managed elements as (first, last) integer ranges; None means the
+    # set's contents are the kernel's (meters, door grants): never diffed, kept across re-applies.
+    elements: tuple[tuple[int, int], ...] | None = None
+    comment: str | None = None
+
+    @property
+    def family(self) -> int:
+        return 6 if self.type == "ipv6_addr" else 4
+
+    def definition(self) -> tuple[Any, ...]:
+        """What must match for the live set to be kept as it is (elements aside)."""
+        # the kernel does not report 'dynamic' back; it is implied by use in an update statement
+        flags = tuple(sorted(flag for flag in self.flags if flag != "dynamic"))
+        return (self.name, self.type, flags, self.timeout, self.size if self.elements is None else None)
+
+    def element_json(self) -> list[Any]:
+        return [interval_json(self.family, first, last) for first, last in self.elements or ()]
+
+    def to_json(self, with_elements: bool = True) -> Json:
+        body: Json = {"family": FAMILY, "table": TABLE, "name": self.name, "type": list(self.type)
+                      if isinstance(self.type, tuple) else self.type}
+        if self.flags:
+            body["flags"] = list(self.flags)
+        if self.timeout is not None:
+            body["timeout"] = self.timeout
+        if self.size is not None:
+            body["size"] = self.size
+        if self.comment:
+            body["comment"] = self.comment
+        if with_elements and self.elements:
+            body["elem"] = self.element_json()
+        return body
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    name: str
+    hook: str | None = None
+    prio: int = 0
+    policy: str | None = None
+    type: str = "filter"
+
+    def to_json(self) -> Json:
+        body: Json = {"family": FAMILY, "table": TABLE, "name": self.name}
+        if self.hook:
+            body.update({"type": self.type, "hook": self.hook, "prio": self.prio, "policy": self.policy})
+        return body
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    chain: str
+    expr: tuple[Any, ...]
+    comment: str | None = None
+
+    def key(self) -> str:
+        return json.dumps([self.chain, normalize(list(self.expr)), self.comment], sort_keys=True)
+
+    def to_json(self) -> Json:
+        body: Json = {"family": FAMILY, "table": TABLE, "chain": self.chain, "expr": list(self.expr)}
+        if self.comment:
+            body["comment"] = self.comment
+        return body
+
+
+@dataclass
+class Ruleset:
+    sets: dict[str, SetSpec] = field(default_factory=dict)
+    chains: dict[str, ChainSpec] = field(default_factory=dict)
+    rules: list[RuleSpec] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def rules_of(self, chain: str) -> list[RuleSpec]:
+        return [rule for rule in self.rules if rule.chain == chain]
+
+    def create_commands(self) -> list[Json]:
+        """Replace the whole table in one transaction (add first so the delete cannot fail)."""
+        table = {"family": FAMILY, "name": TABLE}
+        commands: list[Json] = [{"add": {"table": table}}, {"delete": {"table": table}}, {"add": {"table": table}}]
+        commands += [{"add": {"set": spec.to_json()}} for spec in self.sets.values()]
+        commands += [{"add": {"chain": spec.to_json()}} for spec in self.chains.values()]
+        commands += [{"add": {"rule": rule.to_json()}} for rule in self.rules]
+        return commands
+
+    def to_dict(self) -> Json:
+        """A JSON-safe snapshot (state dir); from_dict reads it back."""
+        return {
+            "sets": [
+                {**spec.to_json(with_elements=False), "elements": None if spec.elements is None else
+                 [[first, last] for first, last in spec.elements]}
+                for spec in self.sets.values()
+            ],
+            "chains": [spec.to_json() for spec in self.chains.values()],
+            "rules": [rule.to_json() for rule in self.rules],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Json) -> Ruleset:
+        ruleset = cls()
+        for item in data["sets"]:
+            kind = item["type"]
+            ruleset.sets[item["name"]] = SetSpec(
+                name=item["name"], type=tuple(kind) if isinstance(kind, list) else kind,
+                flags=tuple(item.get("flags", ())), timeout=item.get("timeout"), size=item.get("size"),
+                elements=None if item["elements"] is None else tuple((a, b) for a, b in item["elements"]),
+                comment=item.get("comment"),
+            )
+        for item in data["chains"]:
+            ruleset.chains[item["name"]] = ChainSpec(
+                item["name"], item.get("hook"), item.get("prio", 0), item.get("policy"), item.get("type", "filter")
+            )
+        ruleset.rules = [RuleSpec(item["chain"], tuple(item["expr"]), item.get("comment")) for item in data["rules"]]
+        return ruleset
+
+
+def normalize(value: Any) -> Any:
+    """Order-insensitive parts (anonymous set elements) sorted, so equal rules compare equal."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key == "set" and isinstance(item, list):
+                out[key] = sorted((normalize(element) for element in item), key=lambda e: json.dumps(e, sort_keys=True))
+            else:
+                out[key] = normalize(item)
+        return out
+    if isinstance(value, list):
+        return [normalize(item) for item in value]
+    return value
+
+
+def interval_json(family: int, first: int, last: int) -> Any:
+    if first == last:
+        return format_address(family, first)
+    length = prefix_length(family, first, last)
+    if length is not None:
+        return {"prefix": {"addr": format_address(family, first), "len": length}}
+    return {"range": [format_address(family, first), format_address(family, last)]}
+
+
+# ----------------------------------------------------------------------------------- expressions
+
+
+def _match(left: Json, right: Any, op: str = "==") -> Json:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _payload(protocol: str, field_name: str) -> Json:
+    return {"payload": {"protocol": protocol, "field": field_name}}
+
+
+def _addr_payload(family: int, direction: str) -> Json:
+    return _payload("ip" if family == 4 else "ip6", direction)
+
+
+def _meta(key: str) -> Json:
+    return {"meta": {"key": key}}
+
+
+def _ports_right(spans: tuple[tuple[int, int], ...]) -> Any:
+    items: list[Any] = [first if first == last else {"range": [first, last]} for first, last in spans]
+    if len(items) == 1:
+        return items[0]
+    return {"set": items}
+
+
+def _verdict(action: str, proto: str | None = None) -> list[Json]:
+    if action == "reject":
+        if proto == "tcp":
+            return [{"reject": {"type": "tcp reset"}}]
+        return [{"reject": {"type": "icmpx", "expr": "port-unreachable"}}]
+    return [{action: None}]
+
+
+def _ct_state(states: list[str]) -> Json:
+    return _match({"ct": {"key": "state"}}, states if len(states) > 1 else states[0], "in")
+
+
+def _limit(rate: int, per: str, burst: int, inv: bool = False) -> Json:
+    body: Json = {"rate": rate, "burst": burst, "per": per}
+    if inv:
+        body["inv"] = True
+    return {"limit": body}
+
+
+# ------------------------------------------------------------------------------------- compiler
+
+
+class Compiler:
+    """Builds the Ruleset for one policy. One instance per compile."""
+
+    def __init__(self, loaded: LoadedPolicy) -> None:
+        self.loaded = loaded
+        self.policy: Policy = loaded.policy
+        self.out = Ruleset()
+        self._set_by_content: dict[tuple[int, tuple[tuple[int, int], ...]], str] = {}
+
+    # named sets -----------------------------------------------------------------------------------
+
+    def address_set(self, base: str, family: int, nets: tuple[Net, ...]) -> str:
+        """A named interval set for these networks of one family (shared when the content repeats)."""
+        spans = tuple((net.first, net.last) for net in nets if net.family == family)
+        key = (family, spans)
+        if key in self._set_by_content:
+            return self._set_by_content[key]
+        name = self._unique(f"{_ident(base)}_v{family}")
+        self.out.sets[name] = SetSpec(name, "ipv4_addr" if family == 4 else "ipv6_addr", ("interval",), elements=spans)
+        self._set_by_content[key] = name
+        return name
+
+    def _unique(self, name: str) -> str:
+        candidate, number = name, 2
+        while candidate in self.out.sets:
+            candidate = f"{name}_{number}"
+            number += 1
+        return candidate
+
+    # chains ---------------------------------------------------------------------------------------
+
+    def compile(self) -> Ruleset:
+        defaults = self.policy.defaults
+        inbound_policy = "accept" if defaults.inbound == "accept" else "drop"
+        self.out.chains["input"] = ChainSpec("input", "input", 0, inbound_policy)
+        self._input()
+        if defaults.outbound != "accept" or self.policy.outbound:
+            self.out.chains["output"] = ChainSpec("output", "output", 0, "accept" if defaults.outbound == "accept" else "drop")
+            self._output()
+        if defaults.forward == "drop":
+            # no rules: forwarding is refused; 'keep' and 'accept' leave it to others (Docker, libvirt)
+            self.out.chains["forward"] = ChainSpec("forward", "forward", 0, "drop")
+        return self.out
+
+    def _rule(self, chain: str, comment: str | None, *expr: Json) -> None:
+        self.out.rules.append(RuleSpec(chain, tuple(expr), comment))
+
+    def _input(self) -> None:
+        defaults = self.policy.defaults
+        self._rule("input", "loopback", _match(_meta("iif"), "lo"), {"accept": None})
+        block = self.loaded.block_nets
+        for family in (4, 6):
+            if any(net.family == family for net in block):
+                name = self.address_set("block", family, block)
+                verdict: list[Json] = [{"drop": None}]
+                if defaults.log_denied:
+                    self._rule("input", "block log", _match(_addr_payload(family, "saddr"), f"@{name}"),
+                               *self._log_denied())
+                self._rule("input", "block", _match(_addr_payload(family, "saddr"), f"@{name}"), *verdict)
+        self._rule("input", "established", _ct_state(["established", "related"]), {"accept": None})
+        self._rule("input", "invalid", _ct_state(["invalid"]), {"drop": None})
+        self._rule("input", "icmp essential", _match(_payload("icmp", "type"), {"set": ICMP_ESSENTIAL}), {"accept": None})
+        self._rule("input", "icmpv6 essential", _match(_payload("icmpv6", "type"), {"set": ICMPV6_ESSENTIAL}),
+                   {"accept": None})
+        if defaults.ping:
+            for proto in ("icmp", "icmpv6"):
+                self._rule("input", f"{proto} echo", _match(_payload(proto, "type"), "echo-request"),
+                           _limit(20, "second", 50), {"accept": None})
+        for rule in self.policy.inbound:
+            self._traffic_rule("input", "inbound", rule, "saddr", "iifname")
+        self._final("input", defaults.inbound, defaults.log_denied)
+
+    def _output(self) -> None:
+        defaults = self.policy.defaults
+        self._rule("output", "loopback", _match(_meta("oif"), "lo"), {"accept": None})
+        self._rule("output", "established", _ct_state(["established", "related"]), {"accept": None})
+        if defaults.outbound != "accept":
+            self._rule("output", "icmp essential", _match(_payload("icmp", "type"), {"set": ICMP_ESSENTIAL}),
+                       {"accept": None})
+            self._rule("output", "icmpv6 essential", _match(_payload("icmpv6", "type"), {"set": ICMPV6_ESSENTIAL}),
+                       {"accept": None})
+            if defaults.ping:
+                for proto in ("icmp", "icmpv6"):
+                    self._rule("output", f"{proto} echo", _match(_payload(proto, "type"), "echo-request"),
+                               {"accept": None})
+        for rule in self.policy.outbound:
+            self._traffic_rule("output", "outbound", rule, "daddr", "oifname")
+        self._final("output", defaults.outbound, False)
+
+    def _log_denied(self) -> list[Json]:
+        # the kernel rate limit keeps a flood from reaching user space at line rate
+        return [_limit(50, "second", 100), {"log": {"prefix": DENIED_LOG_PREFIX, "group": NFLOG_GROUP_DENIED}}]
+
+    def _final(self, chain: str, verdict: str, log_denied: bool) -> None:
+        if verdict == "accept":
+            return
+        if log_denied:
+            self._rule(chain, "log denied", *self._log_denied())
+        if verdict == "reject":
+            self._rule(chain, "reject", _match(_meta("l4proto"), "tcp"), {"reject": {"type": "tcp reset"}})
+            self._rule(chain, "reject", {"reject": {"type": "icmpx", "expr": "port-unreachable"}})
+
+    def _traffic_rule(
+        self, chain: str, section: str, rule: InboundRule | OutboundRule, direction: str, iface_key: str
+    ) -> None:
+        is_any, nets = self.policy.resolve(rule.sources)
+        # loopback is admitted before any rule, so 'localhost' needs no addresses in a set
+        nets = tuple(net for net in merge(nets) if not _is_loopback(net))
+        comment = f"{section} {rule.name}"
+        if not is_any and not nets:
+            self.out.notes.append(f"{section} {rule.name!r}: only localhost, which is always admitted")
+            return
+        matches_by_family: list[tuple[int | None, list[Json]]] = []
+        if is_any:
+            matches_by_family.append((None, []))
+        else:
+            for family in (4, 6):
+                if any(net.family == family for net in nets):
+                    name = self.address_set(f"{section[:3]}_{rule.name}", family, nets)
+                    matches_by_family.append((family, [_match(_addr_payload(family, direction), f"@{name}")]))
+        iface: list[Json] = [_match(_meta(iface_key), rule.interface)] if rule.interface else []
+        ports = merge_ports(_port_ranges(rule.ports)) if rule.ports is not None else None
+        for family, address_match in matches_by_family:
+            protos: list[tuple[str | None, list[Json]]]
+            if ports is None:
+                protos = [(None, [])]
+            else:
+                protos = [(proto, [_match(_payload(proto, "dport"), _ports_right(spans))]) for proto, spans in ports.items()]
+            for proto, port_match in protos:
+                head = [*iface, *address_match, *port_match]
+                if rule.rate:
+                    head_meter = self._meter(section, rule, family, direction)
+                    for meter_family, meter_name in head_meter:
+                        meter_head = head if family is not None else [*head, _match(_meta("nfproto"),
+                                                                                     "ipv4" if meter_family == 4 else "ipv6")]
+                        count, unit, burst = rate_parts(rule.rate)
+                        self._rule(
+                            chain, f"{comment} rate", *meter_head, _ct_state(["new"]),
+                            {"set": {"op": "update", "elem": _addr_payload(meter_family, direction), "set": f"@{meter_name}",
+                                     "stmt": [_limit(count, unit, burst, inv=True)]}},
+                            {"drop": None},
+                        )
+                self._rule(chain, comment, *head, *_verdict(rule.action, proto))
+
+    def _meter(self, section: str, rule: InboundRule | OutboundRule, family: int | None, direction: str) -> list[tuple[int, str]]:
+        assert rule.rate is not None
+        _count, unit, _burst = rate_parts(rule.rate)
+        timeout = max(60, RATE_SECONDS[unit])
+        out = []
+        for meter_family in ((4, 6) if family is None else (family,)):
+            name = f"rate_{_ident(section[:3] + '_' + rule.name)}_v{meter_family}"
+            if name not in self.out.sets:
+                self.out.sets[name] = SetSpec(
+                    name, "ipv4_addr" if meter_family == 4 else "ipv6_addr", ("timeout",),
+                    timeout=timeout, size=METER_SIZE,
+                )
+            out.append((meter_family, name))
+        return out
+
+
+def _port_ranges(specs: list[str] | None) -> list[Any]:
+    from portward.policy.addresses import parse_port_spec
+
+    return [parse_port_spec(spec) for spec in specs or []]
+
+
+def _is_loopback(net: Net) -> bool:
+    if net.family == 4:
+        return net.first >> 24 == 127 and net.last >> 24 == 127
+    return net.first == net.last == 1
+
+
+def _ident(text: str) -> str:
+    return "".join(char if char.isalnum() or char == "_" else "_" for char in text)
+
+
+def compile_policy(loaded: LoadedPolicy) -> Ruleset:
+    return Compiler(loaded).compile()
+
+
+# ------------------------------------------------------------------------------------- nft text
+
+
+def render_text(ruleset: Ruleset) -> str:
+    """The ruleset as an `nft -f` script (export --format nft). Replaces only table inet portward."""
+    lines = [
+        "#!/usr/sbin/nft -f",
+        "# generated by portward: replaces table inet portward only",
+        f"table {FAMILY} {TABLE}",
+        f"delete table {FAMILY} {TABLE}",
+        f"table {FAMILY} {TABLE} {{",
+    ]
+    for spec in ruleset.sets.values():
+        kind = " . ".join(spec.type) if isinstance(spec.type, tuple) else spec.type
+        lines.append(f"\tset {spec.name} {{")
+        lines.append(f"\t\ttype {kind}")
+        if spec.flags:
+            lines.append(f"\t\tflags {','.join(spec.flags)}")
+        if spec.timeout is not None:
+            lines.append(f"\t\ttimeout {spec.timeout}s")
+        if spec.size is not None:
+            lines.append(f"\t\tsize {spec.size}")
+        if spec.elements:
+            items = [_element_text(spec.family, first, last) for first, last in spec.elements]
+            lines.append("\t\telements = { " + ",\n\t\t\t".join(items) + " }")
+        lines.append("\t}")
+    for chain in ruleset.chains.values():
+        lines.append(f"\tchain {chain.name} {{")
+        if chain.hook:
+            lines.append(f"\t\ttype {chain.type} hook {chain.hook} priority {chain.prio}; policy {chain.policy};")
+        for rule in ruleset.rules_of(chain.name):
+            text = " ".join(_expr_text(expr) for expr in rule.expr)
+            if rule.comment:
+                text += f' comment "{rule.comment}"'
+            lines.append(f"\t\t{text}")
+        lines.append("\t}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _element_text(family: int, first: int, last: int) -> str:
+    value = interval_json(family, first, last)
+    if isinstance(value, str):
+        return value
+    if "prefix" in value:
+        return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+    return f"{value['range'][0]}-{value['range'][1]}"
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, dict):
+        if "set" in value:
+            return "{ " + ", ".join(_value_text(item) for item in value["set"]) + " }"
+        if "range" in value:
+            return f"{_value_text(value['range'][0])}-{_value_text(value['range'][1])}"
+        if "prefix" in value:
+            return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+        if "payload" in value:
+            return f"{value['payload']['protocol']} {value['payload']['field']}"
+        if "meta" in value:
+            return f"meta {value['meta']['key']}"
+        if "ct" in value:
+            return f"ct {value['ct']['key']}"
+    if isinstance(value, list):
+        return ",".join(_value_text(item) for item in value)
+    return str(value)
+
+
+def _expr_text(expr: Json) -> str:
+    if "match" in expr:
+        match = expr["match"]
+        left, right, op = match["left"], match["right"], match["op"]
+        operator = "" if op in ("==", "in") else f"{op} "
+        quoted = isinstance(left, dict) and left.get("meta", {}).get("key") in ("iifname", "oifname", "iif", "oif")
+        right_text = f'"{right}"' if quoted else _value_text(right)
+        return f"{_value_text(left)} {operator}{right_text}"
+    if "limit" in expr:
+        limit = expr["limit"]
+        over = "over " if limit.get("inv") else ""
+        return f"limit rate {over}{limit['rate']}/{limit['per']} burst {limit['burst']} packets"
+    if "log" in expr:
+        return f'log prefix "{expr["log"]["prefix"]}" group {expr["log"]["group"]}'
+    if "reject" in expr:
+        reject = expr["reject"]
+        return "reject with tcp reset" if reject.get("type") == "tcp reset" else f"reject with icmpx {reject['expr']}"
+    if "set" in expr:
+        update = expr["set"]
+        inner = " ".join(_expr_text(stmt) for stmt in update["stmt"])
+        return f"update {update['set']} {{ {_value_text(update['elem'])} {inner} }}"
+    (verdict,) = expr.keys()
+    return str(verdict)
+
+
+def with_elements(spec: SetSpec, elements: tuple[tuple[int, int], ...]) -> SetSpec:
+    return replace(spec, elements=elements)
+
+
+MAX_BY_FAMILY = {4: V4_MAX, 6: V6_MAX}

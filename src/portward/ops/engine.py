@@ -1,0 +1,395 @@
+"""plan, apply, confirm, rollback, restore, status: the policy's way into the kernel.
+
+Every change is one kernel transaction. The state dir records each generation so that a detached
+timer can roll an unconfirmed apply back by itself, and `restore` can re-apply at boot without the
+policy file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from portward.dialects.nft import FAMILY, TABLE, Ruleset, compile_policy
+from portward.errors import InputError, PortwardError
+from portward.kernel.nft import Nft, ruleset_from_listing
+from portward.ops.plan import Plan, diff
+from portward.ops.state import State
+from portward.policy.toml import LoadedPolicy, load_policy
+
+Json = dict[str, Any]
+
+
+@dataclass
+class Result:
+    """What a command did; `--json` prints `data`, people get `lines`."""
+
+    data: Json
+    lines: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+
+# ------------------------------------------------------------------------------------- live state
+
+
+def kernel_generation() -> int | None:
+    try:
+        from portward.kernel.nfnetlink import get_generation
+
+        return get_generation()
+    except (ImportError, OSError):
+        return None
+
+
+def read_live(nft: Nft, state: State) -> Ruleset | None:
+    """The live table. When nothing was committed since our last write (same kernel generation id),
+    the snapshot we recorded then is exact and much cheaper than listing 100k set elements."""
+    recorded = state.data.get("kernel")
+    if recorded and recorded.get("genid") is not None and recorded["genid"] == kernel_generation():
+        snapshot = recorded.get("snapshot")
+        if snapshot is None:
+            return None
+        try:
+            generation, which = snapshot
+            return state.read_ruleset(int(generation), str(which))
+        except PortwardError:
+            pass
+    listing = nft.list_table()
+    return None if listing is None else ruleset_from_listing(listing)
+
+
+def _record_live(state: State, snapshot: tuple[int, str] | None) -> None:
+    state.data["kernel"] = {"genid": kernel_generation(), "snapshot": list(snapshot) if snapshot else None}
+
+
+def execute(nft: Nft, plan: Plan) -> None:
+    """Carry a plan out as one transaction."""
+    if plan.mode in ("create", "structure", "delete"):
+        nft.run(plan.commands)
+    elif plan.mode == "elements":
+        try:
+            from portward.kernel.nfnetlink import apply_element_batch, interval_ops
+        except ImportError:  # pragma: no cover - the module ships with portward
+            nft.run(_element_commands(plan))
+            return
+        changes = []
+        for element_diff in plan.element_diffs:
+            width = 4 if element_diff.family == 4 else 16
+            ops = [op for a, b in element_diff.delete for op in interval_ops("delete", a, b, width)]
+            ops += [op for a, b in element_diff.add for op in interval_ops("add", a, b, width)]
+            changes.append((element_diff.set_name, ops))
+        try:
+            apply_element_batch(FAMILY, TABLE, changes)
+        except OSError as error:
+            raise PortwardError(f"the kernel refused the set update: {error} — nothing was changed") from None
+
+
+def _element_commands(plan: Plan) -> list[Json]:
+    from portward.dialects.nft import interval_json
+
+    commands: list[Json] = []
+    for element_diff in plan.element_diffs:
+        target = {"family": FAMILY, "table": TABLE, "name": element_diff.set_name}
+        if element_diff.delete:
+            commands.append({"delete": {"element": {**target, "elem": [
+                interval_json(element_diff.family, a, b) for a, b in element_diff.delete]}}})
+        if element_diff.add:
+            commands.append({"add": {"element": {**target, "elem": [
+                interval_json(element_diff.family, a, b) for a, b in element_diff.add]}}})
+    return commands
+
+
+# ------------------------------------------------------------------------------------ lockout guard
+
+
+def ssh_client() -> tuple[str, int] | None:
+    """(client address, server port) of the ssh session we run in, if any."""
+    connection = os.environ.get("SSH_CONNECTION", "").split()
+    if len(connection) >= 4 and connection[3].isdigit():
+        return connection[0], int(connection[3])
+    client = os.environ.get("SSH_CLIENT", "").split()
+    if len(client) >= 3 and client[2].isdigit():
+        return client[0], int(client[2])
+    return None
+
+
+def route_interface(address: str) -> str | None:
+    try:
+        output = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True, timeout=5)
+        routes = json.loads(output.stdout or "[]")
+        return str(routes[0]["dev"]) if routes else None
+    except (OSError, ValueError, KeyError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def lockout_problem(loaded: LoadedPolicy) -> str | None:
+    from portward.policy.evaluate import inbound_decision
+
+    client = ssh_client()
+    if client is None:
+        return None
+    address, port = client
+    address = address.removeprefix("::ffff:") if address.count(".") == 3 else address
+    decision = inbound_decision(loaded, address, port, "tcp", route_interface(address))
+    if decision.admitted:
+        return None
+    return (
+        f"this policy would lock out your ssh session ({address} → port {port}/tcp): {decision.reason} — "
+        f"add an [[inbound]] rule that admits {address} to {port}/tcp, or apply with --confirm SECONDS so "
+        "it rolls back unless you confirm from a new session"
+    )
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+def plan(policy_path: str, state_dir: Path) -> Result:
+    loaded = load_policy(policy_path)
+    wanted = compile_policy(loaded)
+    nft = Nft()
+    state = State(state_dir)
+    state.load()
+    live = read_live(nft, state)
+    result = diff(live, wanted)
+    lines = [f"warning: {text}" for text in loaded.warnings] + [f"note: {text}" for text in wanted.notes]
+    lines += _change_lines(result.changes) or ["in sync: nothing to change"]
+    return Result({"changes": result.changes, "in_sync": result.empty, "warnings": loaded.warnings}, lines)
+
+
+def _change_lines(changes: list[Json]) -> list[str]:
+    marks = {"add": "+", "delete": "-", "replace": "~"}
+    lines = []
+    for change in changes:
+        mark = marks.get(change["action"], "?")
+        kind = change["object"]
+        if kind == "rule":
+            lines.append(f"{mark} rule {change['chain']}: {change['rule']}")
+        elif kind == "element":
+            shown = ", ".join(change["elements"][:5]) + (" …" if change["count"] > 5 else "")
+            lines.append(f"{mark} {change['count']} element(s) in set {change['set']}: {shown}")
+        elif kind == "set":
+            count = f" ({change['count']} elements)" if "count" in change else ""
+            lines.append(f"{mark} set {change['name']} {change['type']}{count}")
+        elif kind == "chain":
+            lines.append(f"{mark} chain {change['name']} (hook {change.get('hook')}, policy {change.get('policy')})")
+        else:
+            lines.append(f"{mark} {kind} {change.get('name', '')}")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------- apply
+
+
+def apply(policy_path: str, state_dir: Path, *, confirm_seconds: int | None = None) -> Result:
+    loaded = load_policy(policy_path)
+    wanted = compile_policy(loaded)
+    if confirm_seconds is None:
+        problem = lockout_problem(loaded)
+        if problem:
+            raise InputError(problem)
+    nft = Nft()
+    state = State(state_dir)
+    with state.locked():
+        live = read_live(nft, state)
+        the_plan = diff(live, wanted)
+        pending = state.data.get("pending")
+        if pending:
+            # an unconfirmed apply is superseded: rolling back this one returns to what was confirmed
+            before = state.read_ruleset(int(pending["generation"]), "before")
+            before_generation = pending.get("before_generation")
+        else:
+            before = live
+            before_generation = (state.data.get("applied") or {}).get("generation")
+        generation = state.new_generation()
+        now = time.time()
+        state.write_generation(generation, loaded.text, os.path.abspath(policy_path), wanted, before,
+                               {"time": now, "changes": len(the_plan.changes)})
+        state.save()  # the generation number is spent even if the kernel refuses
+        execute(nft, the_plan)
+        _record_live(state, (generation, "ruleset"))
+        applied = {"generation": generation, "policy": os.path.abspath(policy_path), "time": now,
+                   "before_generation": before_generation}
+        state.data["applied"] = applied
+        lines = [f"warning: {text}" for text in loaded.warnings] + _change_lines(the_plan.changes)
+        data: Json = {"generation": generation, "changes": the_plan.changes}
+        if confirm_seconds is not None:
+            deadline = now + confirm_seconds
+            state.data["pending"] = {**applied, "deadline": deadline, "timer_pid": None}
+            state.save()
+            pid = spawn_timer(state_dir, generation, deadline)
+            state.data["pending"]["timer_pid"] = pid
+            data["pending"] = {"generation": generation, "deadline": _iso(deadline), "confirm_within": confirm_seconds}
+            lines.append(
+                f"applied generation {generation}; it rolls back in {confirm_seconds}s unless you run "
+                f"`portward confirm --generation {generation}`"
+            )
+        else:
+            _kill_timer(state.data.get("pending"))
+            state.data["pending"] = None
+            state.data["confirmed"] = {**applied}
+            lines.append(f"applied generation {generation}" + ("" if the_plan.changes else " (no changes)"))
+        state.save()
+        state.prune()
+    return Result(data, lines)
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def spawn_timer(state_dir: Path, generation: int, deadline: float) -> int:
+    """A detached process (own session: no SIGHUP when the terminal goes) that rolls back at deadline.
+    Works without systemd as PID 1."""
+    log = open(state_dir / "timer.log", "a")  # noqa: SIM115 - handed to the child
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "portward.ops.timer", "--state-dir", str(state_dir),
+             "--generation", str(generation), "--deadline", repr(deadline)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        )
+    finally:
+        log.close()
+    return process.pid
+
+
+def _kill_timer(pending: Json | None) -> None:
+    if not pending or not pending.get("timer_pid"):
+        return
+    pid = int(pending["timer_pid"])
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if b"portward.ops.timer" in cmdline:  # never signal a recycled pid
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
+# --------------------------------------------------------------------------- confirm / rollback
+
+
+def confirm(state_dir: Path, generation: int | None) -> Result:
+    state = State(state_dir)
+    with state.locked():
+        pending = state.data.get("pending")
+        if not pending:
+            if generation is not None:
+                raise InputError(
+                    f"generation {generation} is not pending (it was confirmed, rolled back or superseded) — "
+                    "run `portward status` to see what is applied"
+                )
+            return Result({"confirmed": None, "pending": None}, ["nothing is pending"])
+        if generation is not None and int(pending["generation"]) != generation:
+            raise InputError(
+                f"generation {generation} is not pending; generation {pending['generation']} is — "
+                f"confirm that one with `portward confirm --generation {pending['generation']}`"
+            )
+        _kill_timer(pending)
+        state.data["pending"] = None
+        state.data["confirmed"] = {key: pending[key] for key in ("generation", "policy", "time")}
+        state.save()
+        return Result({"confirmed": pending["generation"]}, [f"confirmed generation {pending['generation']}"])
+
+
+def rollback(state_dir: Path, *, only_generation: int | None = None, reason: str = "rollback") -> Result:
+    """Return to the table as it was before the last apply (its `before` snapshot)."""
+    state = State(state_dir)
+    nft = Nft()
+    with state.locked():
+        applied = state.data.get("applied")
+        pending = state.data.get("pending")
+        if only_generation is not None and (not pending or int(pending["generation"]) != only_generation):
+            return Result({"rolled_back": None}, [f"generation {only_generation} is no longer pending: nothing to do"])
+        if not applied:
+            raise InputError("nothing has been applied from this state dir — nothing to roll back")
+        generation = int(applied["generation"])
+        target = state.read_ruleset(generation, "before")
+        live = read_live(nft, state)
+        the_plan = diff(live, target)
+        execute(nft, the_plan)
+        _record_live(state, (generation, "before"))
+        if pending:
+            if only_generation is None:
+                _kill_timer(pending)
+            state.data["pending"] = None
+        previous = applied.get("before_generation")
+        state.data["applied"] = None if previous is None else state.applied_entry(int(previous))
+        state.data.setdefault("events", []).append({"time": time.time(), "event": reason, "generation": generation})
+        state.data["events"] = state.data["events"][-50:]
+        state.save()
+        return Result({"rolled_back": generation, "changes": the_plan.changes},
+                      [f"rolled back generation {generation}", *_change_lines(the_plan.changes)])
+
+
+def restore(state_dir: Path) -> Result:
+    """Re-apply the last confirmed generation (boot time)."""
+    state = State(state_dir)
+    nft = Nft()
+    with state.locked():
+        confirmed = state.data.get("confirmed")
+        if not confirmed:
+            return Result({"generation": None, "changes": []}, ["nothing confirmed to restore"])
+        generation = int(confirmed["generation"])
+        wanted = state.read_ruleset(generation)
+        live = read_live(nft, state)
+        the_plan = diff(live, wanted)
+        execute(nft, the_plan)
+        _record_live(state, (generation, "ruleset"))
+        state.data["applied"] = {**confirmed}
+        state.data["pending"] = None
+        state.save()
+        return Result({"generation": generation, "changes": the_plan.changes},
+                      [f"restored generation {generation}", *_change_lines(the_plan.changes)])
+
+
+# ----------------------------------------------------------------------------------------- status
+
+
+def status(state_dir: Path) -> Result:
+    state = State(state_dir)
+    state.load()
+    applied = state.data.get("applied")
+    pending = state.data.get("pending")
+    confirmed = state.data.get("confirmed")
+    in_kernel: bool | None
+    try:
+        in_kernel = Nft().table_exists()
+    except PortwardError:
+        in_kernel = None
+    data: Json = {
+        "applied": _public(applied),
+        "confirmed": _public(confirmed),
+        "pending": None,
+        "table_present": in_kernel,
+        "grants": [],
+    }
+    lines = []
+    if applied:
+        lines.append(f"applied: generation {applied['generation']} from {applied.get('policy')} at {_iso(applied['time'])}")
+    else:
+        lines.append("applied: nothing")
+    if pending:
+        left = max(0.0, float(pending["deadline"]) - time.time())
+        data["pending"] = {"generation": pending["generation"], "deadline": _iso(pending["deadline"]),
+                           "seconds_left": round(left, 1)}
+        lines.append(f"pending: generation {pending['generation']} rolls back in {left:.0f}s unless confirmed")
+    if confirmed:
+        lines.append(f"confirmed: generation {confirmed['generation']}")
+    if in_kernel is False and applied:
+        lines.append(f"warning: table {FAMILY} {TABLE} is not in the kernel — run `portward restore`")
+    return Result(data, lines)
+
+
+def _public(entry: Json | None) -> Json | None:
+    if not entry:
+        return None
+    return {"generation": entry["generation"], "policy": entry.get("policy"), "time": _iso(entry["time"])}
