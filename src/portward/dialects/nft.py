@@ -363,11 +363,11 @@ class Compiler:
                 if rule.rate:
                     head_meter = self._meter(section, rule, family, direction)
                     for meter_family, meter_name in head_meter:
-                        meter_head = head if family is not None else [*head, _match(_meta("nfproto"),
-                                                                                     "ipv4" if meter_family == 4 else "ipv6")]
+                        # no explicit `meta nfproto`: nft adds it as the dependency of `ip saddr` in
+                        # the update statement, and lists the rule without it
                         count, unit, burst = rate_parts(rule.rate)
                         self._rule(
-                            chain, f"{comment} rate", *meter_head, _ct_state(["new"]),
+                            chain, f"{comment} rate", *head, _ct_state(["new"]),
                             {"set": {"op": "update", "elem": _addr_payload(meter_family, direction), "set": f"@{meter_name}",
                                      "stmt": [_limit(count, unit, burst, inv=True)]}},
                             {"drop": None},
