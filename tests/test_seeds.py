@@ -17,8 +17,11 @@ SRV = {("lan", 4): "198.18.0.1", ("lan", 6): "2001:db8:0:1::1", ("wan", 4): "198
 
 
 def probe_all(lab: Lab, ports: list[str], timeout: float = 0.4) -> dict[tuple[str, int], dict[str, str]]:
-    return {(client, family): lab.probe(client, SRV[(client, family)], ports, timeout=timeout)
-            for client in ("lan", "wan") for family in (4, 6)}
+    return {
+        (client, family): lab.probe(client, SRV[(client, family)], ports, timeout=timeout)
+        for client in ("lan", "wan")
+        for family in (4, 6)
+    }
 
 
 SEED_004 = """

@@ -59,7 +59,7 @@ def run(ctx: click.Context, json_output: bool, action: Callable[[], Any]) -> Non
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as error:  # noqa: BLE001 - the promise is: never a traceback
+    except Exception as error:
         if os.environ.get("PORTWARD_DEBUG"):
             raise
         message = f"internal error: {type(error).__name__}: {error} — rerun with PORTWARD_DEBUG=1 and report it"
@@ -100,17 +100,23 @@ def check(ctx: click.Context, policy: str, json_output: bool) -> None:
         loaded = load_policy(policy)
         ruleset = compile_policy(loaded)
         summary = {
-            "inbound": len(loaded.policy.inbound), "outbound": len(loaded.policy.outbound),
-            "block": len(loaded.block_nets), "knock": len(loaded.policy.knock), "spa": len(loaded.policy.spa),
-            "sets": len(ruleset.sets), "rules": len(ruleset.rules),
+            "inbound": len(loaded.policy.inbound),
+            "outbound": len(loaded.policy.outbound),
+            "block": len(loaded.block[4]) + len(loaded.block[6]),
+            "knock": len(loaded.policy.knock),
+            "spa": len(loaded.policy.spa),
+            "sets": len(ruleset.sets),
+            "rules": len(ruleset.rules),
         }
         lines = [f"warning: {text}" for text in loaded.warnings] + [f"note: {text}" for text in ruleset.notes]
         lines.append(
             f"{policy}: OK — {summary['inbound']} inbound, {summary['outbound']} outbound rules, "
             f"{summary['block']} blocked ranges; compiles to {summary['rules']} rules and {summary['sets']} sets"
         )
-        return Result({"ok": True, "policy": policy, "warnings": loaded.warnings, "notes": ruleset.notes,
-                       "summary": summary}, lines)
+        return Result(
+            {"ok": True, "policy": policy, "warnings": loaded.warnings, "notes": ruleset.notes, "summary": summary},
+            lines,
+        )
 
     run(ctx, json_output, action)
 
@@ -129,8 +135,13 @@ def plan(ctx: click.Context, policy: str, json_output: bool) -> None:
 @cli.command()
 @policy_option
 @click.option("--yes", is_flag=True, help="Do not ask (apply never asks when stdin is not a terminal).")
-@click.option("--confirm", "confirm_seconds", type=click.IntRange(5, 86400), metavar="SECONDS",
-              help="Roll back by itself after SECONDS unless `portward confirm` runs.")
+@click.option(
+    "--confirm",
+    "confirm_seconds",
+    type=click.IntRange(5, 86400),
+    metavar="SECONDS",
+    help="Roll back by itself after SECONDS unless `portward confirm` runs.",
+)
 @json_option
 @click.pass_context
 def apply(ctx: click.Context, policy: str, yes: bool, confirm_seconds: int | None, json_output: bool) -> None:
@@ -227,8 +238,10 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
                 target = Path(root) / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(target, content)
-            return Result({"format": fmt, "files": [str(Path(root) / name) for name in files]},
-                          [f"wrote {Path(root) / name}" for name in files])
+            return Result(
+                {"format": fmt, "files": [str(Path(root) / name) for name in files]},
+                [f"wrote {Path(root) / name}" for name in files],
+            )
         return Result({"format": fmt, "files": [], "text": text}, [text.rstrip("\n")])
 
     run(ctx, json_output, action)

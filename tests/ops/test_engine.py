@@ -89,18 +89,39 @@ def test_apply_then_plan_is_in_sync(pw: Portward, tmp_path: Path) -> None:
 
 
 def test_other_tables_stay_byte_identical(pw: Portward, lab: Lab, tmp_path: Path) -> None:
-    lab.run("srv", ["iptables", "-A", "INPUT", "-s", "198.18.0.0/15", "-p", "tcp", "-m", "multiport",
-                    "--dports", "2001,2003", "-j", "ACCEPT"], check=True)
+    lab.run(
+        "srv",
+        [
+            "iptables",
+            "-A",
+            "INPUT",
+            "-s",
+            "198.18.0.0/15",
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            "2001,2003",
+            "-j",
+            "ACCEPT",
+        ],
+        check=True,
+    )
     lab.nft("srv", "add table inet docker_like")
     lab.nft("srv", "add chain inet docker_like fchain { type filter hook forward priority 0; policy accept; }")
     lab.nft("srv", "add rule inet docker_like fchain ip saddr 198.18.0.0/24 counter accept")
-    before = lab.run("srv", ["nft", "list", "table", "ip", "filter"]).stdout + lab.nft("srv", "list table inet docker_like")
+    before = lab.run("srv", ["nft", "list", "table", "ip", "filter"]).stdout + lab.nft(
+        "srv", "list table inet docker_like"
+    )
     policy = write(tmp_path / "p.toml", RICH)
     pw.ok("apply", "-p", str(policy), "--yes")
     write(tmp_path / "p.toml", OPEN_WEB)
     pw.ok("apply", "-p", str(policy), "--yes")
     pw.ok("rollback")
-    after = lab.run("srv", ["nft", "list", "table", "ip", "filter"]).stdout + lab.nft("srv", "list table inet docker_like")
+    after = lab.run("srv", ["nft", "list", "table", "ip", "filter"]).stdout + lab.nft(
+        "srv", "list table inet docker_like"
+    )
     assert after == before
 
 
@@ -126,7 +147,12 @@ def test_element_only_change_is_small_and_exact(pw: Portward, lab: Lab, tmp_path
         handle.write("240.0.1.0/24\n")  # joins 240.0.0.0/24 and 240.0.2.0/24 into one range
     changes = pw.json("plan", "-p", str(policy))["changes"]
     assert [(c["action"], c["object"], c["elements"]) for c in changes] == [
-        ("delete", "element", "block_v4", ) and ("delete", "element", ["240.0.0.0/24", "240.0.2.0/24"]),
+        (
+            "delete",
+            "element",
+            "block_v4",
+        )
+        and ("delete", "element", ["240.0.0.0/24", "240.0.2.0/24"]),
         ("add", "element", ["240.0.0.0-240.0.2.255"]),
     ]
     pw.ok("apply", "-p", str(policy), "--yes")
@@ -218,9 +244,26 @@ def test_rollback_steps_back_and_restore_reapplies(pw: Portward, lab: Lab, tmp_p
 def test_concurrent_applies_are_serialised(pw: Portward, lab: Lab, tmp_path: Path) -> None:
     policies = [write(tmp_path / f"p{i}.toml", OPEN_WEB if i % 2 else RICH) for i in range(4)]
     procs = [
-        subprocess.Popen(["ip", "netns", "exec", lab.netns("srv"), sys.executable, "-m", "portward", "apply",
-                          "-p", str(p), "--yes", "--json"], env=pw.env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                lab.netns("srv"),
+                sys.executable,
+                "-m",
+                "portward",
+                "apply",
+                "-p",
+                str(p),
+                "--yes",
+                "--json",
+            ],
+            env=pw.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for p in policies
     ]
     outputs = [proc.communicate(timeout=60) for proc in procs]
@@ -231,8 +274,12 @@ def test_concurrent_applies_are_serialised(pw: Portward, lab: Lab, tmp_path: Pat
 
 def test_cli_basics() -> None:
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "portward", "--help"], capture_output=True, text=True,
-                            env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "portward", "--help"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0 and "apply" in result.stdout
     assert time.monotonic() - started < 5
     version = subprocess.run([sys.executable, "-m", "portward", "--version"], capture_output=True, text=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 
 import pytest
 from hypothesis import given
@@ -32,7 +33,7 @@ def test_merge_covers_exactly_the_same_addresses(spans: list[tuple[int, int]]) -
     merged = merge(nets)
     covered = {a for n in nets for a in range(n.first, n.last + 1)}
     assert {a for n in merged for a in range(n.first, n.last + 1)} == covered
-    for left, right in zip(merged, merged[1:], strict=False):
+    for left, right in itertools.pairwise(merged):
         assert left.last + 1 < right.first  # neither overlapping nor adjacent
 
 

@@ -32,8 +32,7 @@ def test_bad_policy_is_located(path: Path) -> None:
         load_policy(path)
     problems = caught.value.problems
     assert any(
-        Path(p.file).name == file_name and p.line == line and p.key == key and fragment in p.message
-        for p in problems
+        Path(p.file).name == file_name and p.line == line and p.key == key and fragment in p.message for p in problems
     ), "\n".join(str(p) for p in problems)
     for problem in problems:
         assert " — " in problem.message or problem.key == "syntax", f"no fix given: {problem}"
@@ -59,7 +58,8 @@ def test_cli_json_error_is_one_document() -> None:
 
     result = subprocess.run(
         [sys.executable, "-m", "portward", "check", "--json", "-p", str(CORPUS / "port-range.toml")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     document = json.loads(result.stdout)
@@ -80,7 +80,10 @@ def test_contract_example_is_valid(tmp_path: Path) -> None:
 
 
 def test_locate_keys_multiline_and_arrays() -> None:
-    text = '[zones]\nlan = [\n  "198.18.0.0/24",  # first\n  "2001:db8::/64",\n]\n\n[[inbound]]\nname = "a"\n[[inbound]]\nname = "b"\n'
+    text = (
+        '[zones]\nlan = [\n  "198.18.0.0/24",  # first\n  "2001:db8::/64",\n]\n\n'
+        '[[inbound]]\nname = "a"\n[[inbound]]\nname = "b"\n'
+    )
     lines = locate_keys(text)
     assert lines[("zones", "lan")] == 2
     assert lines[("zones", "lan", 0)] == 3
@@ -99,14 +102,19 @@ def test_arbitrary_text_never_crashes(text: str) -> None:
 
 
 rule_values = st.one_of(
-    st.text(max_size=12), st.integers(-5, 70000), st.booleans(),
+    st.text(max_size=12),
+    st.integers(-5, 70000),
+    st.booleans(),
     st.lists(st.one_of(st.text(max_size=12), st.integers(0, 70000)), max_size=3),
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["name", "ports", "from", "rate", "interface", "action", "bogus"]),
-                       rule_values, max_size=6))
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "ports", "from", "rate", "interface", "action", "bogus"]), rule_values, max_size=6
+    )
+)
 def test_arbitrary_rules_never_crash(rule: dict[str, object]) -> None:
     import json
 
@@ -118,7 +126,7 @@ def test_arbitrary_rules_never_crash(rule: dict[str, object]) -> None:
             assert problem.line >= 1
 
 
-CONTRACT_EXAMPLE = '''
+CONTRACT_EXAMPLE = """
 [defaults]
 inbound  = "drop"      # drop | reject | accept
 outbound = "accept"    # drop | reject | accept
@@ -175,4 +183,4 @@ spawn = ["logger", "-t", "portward", "scan from %a: %n ports"]
 [sysctl]
 profile = "host"               # host | router
 "net.ipv4.conf.all.rp_filter" = 2
-'''
+"""

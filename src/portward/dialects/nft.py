@@ -10,6 +10,7 @@ that true against the real kernel.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +27,17 @@ NFLOG_GROUP_DENIED = 7601
 DENIED_LOG_PREFIX = "portward denied "
 ICMP_ESSENTIAL = ["destination-unreachable", "time-exceeded", "parameter-problem"]
 ICMPV6_ESSENTIAL = [
-    "destination-unreachable", "packet-too-big", "time-exceeded", "parameter-problem",
-    "nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit", "nd-neighbor-advert",
-    "mld-listener-query", "mld-listener-report", "mld2-listener-report",
+    "destination-unreachable",
+    "packet-too-big",
+    "time-exceeded",
+    "parameter-problem",
+    "nd-router-solicit",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "mld-listener-query",
+    "mld-listener-report",
+    "mld2-listener-report",
 ]
 RATE_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 METER_SIZE = 65535  # bounded state: at most this many sources tracked per rate-limited rule
@@ -59,11 +68,15 @@ class SetSpec:
         return (self.name, self.type, flags, self.timeout, self.size if self.elements is None else None)
 
     def element_json(self) -> list[Any]:
-        return [interval_json(self.family, first, last) for first, last in self.elements or ()]
+        return elements_json(self.family, self.elements or ())
 
     def to_json(self, with_elements: bool = True) -> Json:
-        body: Json = {"family": FAMILY, "table": TABLE, "name": self.name, "type": list(self.type)
-                      if isinstance(self.type, tuple) else self.type}
+        body: Json = {
+            "family": FAMILY,
+            "table": TABLE,
+            "name": self.name,
+            "type": list(self.type) if isinstance(self.type, tuple) else self.type,
+        }
         if self.flags:
             body["flags"] = list(self.flags)
         if self.timeout is not None:
@@ -131,8 +144,10 @@ class Ruleset:
         """A JSON-safe snapshot (state dir); from_dict reads it back."""
         return {
             "sets": [
-                {**spec.to_json(with_elements=False), "elements": None if spec.elements is None else
-                 [[first, last] for first, last in spec.elements]}
+                {
+                    **spec.to_json(with_elements=False),
+                    "elements": None if spec.elements is None else [[first, last] for first, last in spec.elements],
+                }
                 for spec in self.sets.values()
             ],
             "chains": [spec.to_json() for spec in self.chains.values()],
@@ -145,8 +160,11 @@ class Ruleset:
         for item in data["sets"]:
             kind = item["type"]
             ruleset.sets[item["name"]] = SetSpec(
-                name=item["name"], type=tuple(kind) if isinstance(kind, list) else kind,
-                flags=tuple(item.get("flags", ())), timeout=item.get("timeout"), size=item.get("size"),
+                name=item["name"],
+                type=tuple(kind) if isinstance(kind, list) else kind,
+                flags=tuple(item.get("flags", ())),
+                timeout=item.get("timeout"),
+                size=item.get("size"),
                 elements=None if item["elements"] is None else tuple((a, b) for a, b in item["elements"]),
                 comment=item.get("comment"),
             )
@@ -171,6 +189,25 @@ def normalize(value: Any) -> Any:
     if isinstance(value, list):
         return [normalize(item) for item in value]
     return value
+
+
+def elements_json(family: int, spans: Iterable[tuple[int, int]]) -> list[Any]:
+    """interval_json for many ranges; v4 inlined because block lists are long."""
+    if family == 6:
+        return [interval_json(6, first, last) for first, last in spans]
+    out: list[Any] = []
+    append = out.append
+    for first, last in spans:
+        address = f"{first >> 24}.{(first >> 16) & 255}.{(first >> 8) & 255}.{first & 255}"
+        if first == last:
+            append(address)
+            continue
+        size = last - first + 1
+        if size & (size - 1) == 0 and first & (size - 1) == 0:
+            append({"prefix": {"addr": address, "len": 33 - size.bit_length()}})
+        else:
+            append({"range": [address, f"{last >> 24}.{(last >> 16) & 255}.{(last >> 8) & 255}.{last & 255}"]})
+    return out
 
 
 def interval_json(family: int, first: int, last: int) -> Any:
@@ -243,7 +280,9 @@ class Compiler:
 
     def address_set(self, base: str, family: int, nets: tuple[Net, ...]) -> str:
         """A named interval set for these networks of one family (shared when the content repeats)."""
-        spans = tuple((net.first, net.last) for net in nets if net.family == family)
+        return self.span_set(base, family, tuple((net.first, net.last) for net in nets if net.family == family))
+
+    def span_set(self, base: str, family: int, spans: tuple[tuple[int, int], ...]) -> str:
         key = (family, spans)
         if key in self._set_by_content:
             return self._set_by_content[key]
@@ -267,7 +306,9 @@ class Compiler:
         self.out.chains["input"] = ChainSpec("input", "input", 0, inbound_policy)
         self._input()
         if defaults.outbound != "accept" or self.policy.outbound:
-            self.out.chains["output"] = ChainSpec("output", "output", 0, "accept" if defaults.outbound == "accept" else "drop")
+            self.out.chains["output"] = ChainSpec(
+                "output", "output", 0, "accept" if defaults.outbound == "accept" else "drop"
+            )
             self._output()
         if defaults.forward == "drop":
             # no rules: forwarding is refused; 'keep' and 'accept' leave it to others (Docker, libvirt)
@@ -280,24 +321,32 @@ class Compiler:
     def _input(self) -> None:
         defaults = self.policy.defaults
         self._rule("input", "loopback", _match(_meta("iif"), "lo"), {"accept": None})
-        block = self.loaded.block_nets
         for family in (4, 6):
-            if any(net.family == family for net in block):
-                name = self.address_set("block", family, block)
+            if self.loaded.block[family]:
+                name = self.span_set("block", family, tuple(self.loaded.block[family]))
                 verdict: list[Json] = [{"drop": None}]
                 if defaults.log_denied:
-                    self._rule("input", "block log", _match(_addr_payload(family, "saddr"), f"@{name}"),
-                               *self._log_denied())
+                    self._rule(
+                        "input", "block log", _match(_addr_payload(family, "saddr"), f"@{name}"), *self._log_denied()
+                    )
                 self._rule("input", "block", _match(_addr_payload(family, "saddr"), f"@{name}"), *verdict)
         self._rule("input", "established", _ct_state(["established", "related"]), {"accept": None})
         self._rule("input", "invalid", _ct_state(["invalid"]), {"drop": None})
-        self._rule("input", "icmp essential", _match(_payload("icmp", "type"), {"set": ICMP_ESSENTIAL}), {"accept": None})
-        self._rule("input", "icmpv6 essential", _match(_payload("icmpv6", "type"), {"set": ICMPV6_ESSENTIAL}),
-                   {"accept": None})
+        self._rule(
+            "input", "icmp essential", _match(_payload("icmp", "type"), {"set": ICMP_ESSENTIAL}), {"accept": None}
+        )
+        self._rule(
+            "input", "icmpv6 essential", _match(_payload("icmpv6", "type"), {"set": ICMPV6_ESSENTIAL}), {"accept": None}
+        )
         if defaults.ping:
             for proto in ("icmp", "icmpv6"):
-                self._rule("input", f"{proto} echo", _match(_payload(proto, "type"), "echo-request"),
-                           _limit(20, "second", 50), {"accept": None})
+                self._rule(
+                    "input",
+                    f"{proto} echo",
+                    _match(_payload(proto, "type"), "echo-request"),
+                    _limit(20, "second", 50),
+                    {"accept": None},
+                )
         for rule in self.policy.inbound:
             self._traffic_rule("input", "inbound", rule, "saddr", "iifname")
         self._final("input", defaults.inbound, defaults.log_denied)
@@ -307,14 +356,20 @@ class Compiler:
         self._rule("output", "loopback", _match(_meta("oif"), "lo"), {"accept": None})
         self._rule("output", "established", _ct_state(["established", "related"]), {"accept": None})
         if defaults.outbound != "accept":
-            self._rule("output", "icmp essential", _match(_payload("icmp", "type"), {"set": ICMP_ESSENTIAL}),
-                       {"accept": None})
-            self._rule("output", "icmpv6 essential", _match(_payload("icmpv6", "type"), {"set": ICMPV6_ESSENTIAL}),
-                       {"accept": None})
+            self._rule(
+                "output", "icmp essential", _match(_payload("icmp", "type"), {"set": ICMP_ESSENTIAL}), {"accept": None}
+            )
+            self._rule(
+                "output",
+                "icmpv6 essential",
+                _match(_payload("icmpv6", "type"), {"set": ICMPV6_ESSENTIAL}),
+                {"accept": None},
+            )
             if defaults.ping:
                 for proto in ("icmp", "icmpv6"):
-                    self._rule("output", f"{proto} echo", _match(_payload(proto, "type"), "echo-request"),
-                               {"accept": None})
+                    self._rule(
+                        "output", f"{proto} echo", _match(_payload(proto, "type"), "echo-request"), {"accept": None}
+                    )
         for rule in self.policy.outbound:
             self._traffic_rule("output", "outbound", rule, "daddr", "oifname")
         self._final("output", defaults.outbound, False)
@@ -352,39 +407,55 @@ class Compiler:
                     matches_by_family.append((family, [_match(_addr_payload(family, direction), f"@{name}")]))
         iface: list[Json] = [_match(_meta(iface_key), rule.interface)] if rule.interface else []
         ports = merge_ports(_port_ranges(rule.ports)) if rule.ports is not None else None
-        for family, address_match in matches_by_family:
+        for rule_family, address_match in matches_by_family:
             protos: list[tuple[str | None, list[Json]]]
             if ports is None:
                 protos = [(None, [])]
             else:
-                protos = [(proto, [_match(_payload(proto, "dport"), _ports_right(spans))]) for proto, spans in ports.items()]
+                protos = [
+                    (proto, [_match(_payload(proto, "dport"), _ports_right(spans))]) for proto, spans in ports.items()
+                ]
             for proto, port_match in protos:
                 head = [*iface, *address_match, *port_match]
                 if rule.rate:
-                    head_meter = self._meter(section, rule, family, direction)
+                    head_meter = self._meter(section, rule, rule_family, direction)
                     for meter_family, meter_name in head_meter:
                         # no explicit `meta nfproto`: nft adds it as the dependency of `ip saddr` in
                         # the update statement, and lists the rule without it
                         count, unit, burst = rate_parts(rule.rate)
                         self._rule(
-                            chain, f"{comment} rate", *head, _ct_state(["new"]),
-                            {"set": {"op": "update", "elem": _addr_payload(meter_family, direction), "set": f"@{meter_name}",
-                                     "stmt": [_limit(count, unit, burst, inv=True)]}},
+                            chain,
+                            f"{comment} rate",
+                            *head,
+                            _ct_state(["new"]),
+                            {
+                                "set": {
+                                    "op": "update",
+                                    "elem": _addr_payload(meter_family, direction),
+                                    "set": f"@{meter_name}",
+                                    "stmt": [_limit(count, unit, burst, inv=True)],
+                                }
+                            },
                             {"drop": None},
                         )
                 self._rule(chain, comment, *head, *_verdict(rule.action, proto))
 
-    def _meter(self, section: str, rule: InboundRule | OutboundRule, family: int | None, direction: str) -> list[tuple[int, str]]:
+    def _meter(
+        self, section: str, rule: InboundRule | OutboundRule, family: int | None, direction: str
+    ) -> list[tuple[int, str]]:
         assert rule.rate is not None
         _count, unit, _burst = rate_parts(rule.rate)
         timeout = max(60, RATE_SECONDS[unit])
         out = []
-        for meter_family in ((4, 6) if family is None else (family,)):
+        for meter_family in (4, 6) if family is None else (family,):
             name = f"rate_{_ident(section[:3] + '_' + rule.name)}_v{meter_family}"
             if name not in self.out.sets:
                 self.out.sets[name] = SetSpec(
-                    name, "ipv4_addr" if meter_family == 4 else "ipv6_addr", ("timeout",),
-                    timeout=timeout, size=METER_SIZE,
+                    name,
+                    "ipv4_addr" if meter_family == 4 else "ipv6_addr",
+                    ("timeout",),
+                    timeout=timeout,
+                    size=METER_SIZE,
                 )
             out.append((meter_family, name))
         return out

@@ -115,7 +115,10 @@ def ruleset_from_listing(listing: list[Json]) -> Ruleset:
             flags = tuple(body.get("flags", ()))
             managed = "interval" in flags and kind in ("ipv4_addr", "ipv6_addr")
             ruleset.sets[body["name"]] = SetSpec(
-                name=body["name"], type=kind, flags=flags, timeout=body.get("timeout"),
+                name=body["name"],
+                type=kind,
+                flags=flags,
+                timeout=body.get("timeout"),
                 size=body.get("size"),
                 elements=parse_elements(6 if kind == "ipv6_addr" else 4, body.get("elem", [])) if managed else None,
                 comment=body.get("comment"),

@@ -21,7 +21,7 @@ from typing import Any
 from portward.dialects.nft import FAMILY, TABLE, Ruleset, compile_policy
 from portward.errors import InputError, PortwardError
 from portward.kernel.nft import Nft, ruleset_from_listing
-from portward.ops.plan import Plan, diff
+from portward.ops.plan import Plan, diff, element_commands
 from portward.ops.state import State
 from portward.policy.toml import LoadedPolicy, load_policy
 
@@ -49,17 +49,26 @@ def kernel_generation() -> int | None:
         return None
 
 
-def read_live(nft: Nft, state: State) -> Ruleset | None:
-    """The live table. When nothing was committed since our last write (same kernel generation id),
-    the snapshot we recorded then is exact and much cheaper than listing 100k set elements."""
+def trusted_snapshot(state: State) -> tuple[int, str] | None:
+    """The snapshot that describes the live table exactly, when nothing was committed since we wrote it
+    (same kernel generation id): much cheaper than listing 100k set elements back."""
     recorded = state.data.get("kernel")
-    if recorded and recorded.get("genid") is not None and recorded["genid"] == kernel_generation():
-        snapshot = recorded.get("snapshot")
-        if snapshot is None:
-            return None
+    if (
+        recorded
+        and recorded.get("genid") is not None
+        and recorded.get("snapshot")
+        and recorded["genid"] == kernel_generation()
+    ):
+        generation, which = recorded["snapshot"]
+        return int(generation), str(which)
+    return None
+
+
+def read_live(nft: Nft, state: State) -> Ruleset | None:
+    snapshot = trusted_snapshot(state)
+    if snapshot is not None:
         try:
-            generation, which = snapshot
-            return state.read_ruleset(int(generation), str(which))
+            return state.read_ruleset(*snapshot)
         except PortwardError:
             pass
     listing = nft.list_table()
@@ -78,7 +87,7 @@ def execute(nft: Nft, plan: Plan) -> None:
         try:
             from portward.kernel.nfnetlink import apply_element_batch, interval_ops
         except ImportError:  # pragma: no cover - the module ships with portward
-            nft.run(_element_commands(plan))
+            nft.run(element_commands(plan.element_diffs))
             return
         changes = []
         for element_diff in plan.element_diffs:
@@ -90,21 +99,6 @@ def execute(nft: Nft, plan: Plan) -> None:
             apply_element_batch(FAMILY, TABLE, changes)
         except OSError as error:
             raise PortwardError(f"the kernel refused the set update: {error} — nothing was changed") from None
-
-
-def _element_commands(plan: Plan) -> list[Json]:
-    from portward.dialects.nft import interval_json
-
-    commands: list[Json] = []
-    for element_diff in plan.element_diffs:
-        target = {"family": FAMILY, "table": TABLE, "name": element_diff.set_name}
-        if element_diff.delete:
-            commands.append({"delete": {"element": {**target, "elem": [
-                interval_json(element_diff.family, a, b) for a, b in element_diff.delete]}}})
-        if element_diff.add:
-            commands.append({"add": {"element": {**target, "elem": [
-                interval_json(element_diff.family, a, b) for a, b in element_diff.add]}}})
-    return commands
 
 
 # ------------------------------------------------------------------------------------ lockout guard
@@ -201,22 +195,33 @@ def apply(policy_path: str, state_dir: Path, *, confirm_seconds: int | None = No
         live = read_live(nft, state)
         the_plan = diff(live, wanted)
         pending = state.data.get("pending")
+        before: Ruleset | tuple[int, str] | None
         if pending:
             # an unconfirmed apply is superseded: rolling back this one returns to what was confirmed
-            before = state.read_ruleset(int(pending["generation"]), "before")
+            before = (int(pending["generation"]), "before")
             before_generation = pending.get("before_generation")
         else:
-            before = live
+            before = trusted_snapshot(state) or live
             before_generation = (state.data.get("applied") or {}).get("generation")
         generation = state.new_generation()
         now = time.time()
-        state.write_generation(generation, loaded.text, os.path.abspath(policy_path), wanted, before,
-                               {"time": now, "changes": len(the_plan.changes)})
+        state.write_generation(
+            generation,
+            loaded.text,
+            os.path.abspath(policy_path),
+            wanted,
+            before,
+            {"time": now, "changes": len(the_plan.changes)},
+        )
         state.save()  # the generation number is spent even if the kernel refuses
         execute(nft, the_plan)
         _record_live(state, (generation, "ruleset"))
-        applied = {"generation": generation, "policy": os.path.abspath(policy_path), "time": now,
-                   "before_generation": before_generation}
+        applied = {
+            "generation": generation,
+            "policy": os.path.abspath(policy_path),
+            "time": now,
+            "before_generation": before_generation,
+        }
         state.data["applied"] = applied
         lines = [f"warning: {text}" for text in loaded.warnings] + _change_lines(the_plan.changes)
         data: Json = {"generation": generation, "changes": the_plan.changes}
@@ -251,9 +256,22 @@ def spawn_timer(state_dir: Path, generation: int, deadline: float) -> int:
     log = open(state_dir / "timer.log", "a")  # noqa: SIM115 - handed to the child
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "portward.ops.timer", "--state-dir", str(state_dir),
-             "--generation", str(generation), "--deadline", repr(deadline)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            [
+                sys.executable,
+                "-m",
+                "portward.ops.timer",
+                "--state-dir",
+                str(state_dir),
+                "--generation",
+                str(generation),
+                "--deadline",
+                repr(deadline),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
         )
     finally:
@@ -326,8 +344,10 @@ def rollback(state_dir: Path, *, only_generation: int | None = None, reason: str
         state.data.setdefault("events", []).append({"time": time.time(), "event": reason, "generation": generation})
         state.data["events"] = state.data["events"][-50:]
         state.save()
-        return Result({"rolled_back": generation, "changes": the_plan.changes},
-                      [f"rolled back generation {generation}", *_change_lines(the_plan.changes)])
+        return Result(
+            {"rolled_back": generation, "changes": the_plan.changes},
+            [f"rolled back generation {generation}", *_change_lines(the_plan.changes)],
+        )
 
 
 def restore(state_dir: Path) -> Result:
@@ -347,8 +367,10 @@ def restore(state_dir: Path) -> Result:
         state.data["applied"] = {**confirmed}
         state.data["pending"] = None
         state.save()
-        return Result({"generation": generation, "changes": the_plan.changes},
-                      [f"restored generation {generation}", *_change_lines(the_plan.changes)])
+        return Result(
+            {"generation": generation, "changes": the_plan.changes},
+            [f"restored generation {generation}", *_change_lines(the_plan.changes)],
+        )
 
 
 # ----------------------------------------------------------------------------------------- status
@@ -374,13 +396,18 @@ def status(state_dir: Path) -> Result:
     }
     lines = []
     if applied:
-        lines.append(f"applied: generation {applied['generation']} from {applied.get('policy')} at {_iso(applied['time'])}")
+        lines.append(
+            f"applied: generation {applied['generation']} from {applied.get('policy')} at {_iso(applied['time'])}"
+        )
     else:
         lines.append("applied: nothing")
     if pending:
         left = max(0.0, float(pending["deadline"]) - time.time())
-        data["pending"] = {"generation": pending["generation"], "deadline": _iso(pending["deadline"]),
-                           "seconds_left": round(left, 1)}
+        data["pending"] = {
+            "generation": pending["generation"],
+            "deadline": _iso(pending["deadline"]),
+            "seconds_left": round(left, 1),
+        }
         lines.append(f"pending: generation {pending['generation']} rolls back in {left:.0f}s unless confirmed")
     if confirmed:
         lines.append(f"confirmed: generation {confirmed['generation']}")

@@ -14,7 +14,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from portward.dialects.nft import FAMILY, TABLE, Ruleset, RuleSpec, SetSpec, _expr_text, interval_json
+from portward.dialects.nft import FAMILY, TABLE, Ruleset, RuleSpec, SetSpec, _expr_text, elements_json
 from portward.policy.addresses import format_interval
 
 Json = dict[str, Any]
@@ -45,8 +45,11 @@ def rule_text(rule: RuleSpec) -> str:
     return f'{text} comment "{rule.comment}"' if rule.comment else text
 
 
+MAX_LISTED_ELEMENTS = 1000  # a change lists this many elements at most; "count" always has them all
+
+
 def _element_strings(family: int, spans: list[tuple[int, int]]) -> list[str]:
-    return [format_interval(family, first, last) for first, last in spans]
+    return [format_interval(family, first, last) for first, last in spans[:MAX_LISTED_ELEMENTS]]
 
 
 def diff(live: Ruleset | None, wanted: Ruleset | None) -> Plan:
@@ -55,32 +58,49 @@ def diff(live: Ruleset | None, wanted: Ruleset | None) -> Plan:
     if wanted is None:
         if live is None:
             return Plan("in-sync")
-        return Plan("delete", [{"action": "delete", "object": "table", "name": f"{FAMILY} {TABLE}"}],
-                    [{"delete": {"table": table}}])
+        return Plan(
+            "delete",
+            [{"action": "delete", "object": "table", "name": f"{FAMILY} {TABLE}"}],
+            [{"delete": {"table": table}}],
+        )
     if live is None:
         changes: list[Json] = [{"action": "add", "object": "table", "name": f"{FAMILY} {TABLE}"}]
         for spec in wanted.sets.values():
             changes.append(_set_change("add", spec))
             if spec.elements:
                 changes.append(_element_change("add", spec, list(spec.elements)))
-        changes += [{"action": "add", "object": "chain", "name": chain.name, "hook": chain.hook, "policy": chain.policy}
-                    for chain in wanted.chains.values()]
-        changes += [{"action": "add", "object": "rule", "chain": rule.chain, "rule": rule_text(rule)} for rule in wanted.rules]
+        changes += [
+            {"action": "add", "object": "chain", "name": chain.name, "hook": chain.hook, "policy": chain.policy}
+            for chain in wanted.chains.values()
+        ]
+        changes += [
+            {"action": "add", "object": "rule", "chain": rule.chain, "rule": rule_text(rule)} for rule in wanted.rules
+        ]
         return Plan("create", changes, wanted.create_commands())
 
     changes = []
     new_sets = [spec for name, spec in wanted.sets.items() if name not in live.sets]
     gone_sets = [spec for name, spec in live.sets.items() if name not in wanted.sets]
-    redefined = [spec for name, spec in wanted.sets.items()
-                 if name in live.sets and live.sets[name].definition() != spec.definition()]
-    kept = [spec for name, spec in wanted.sets.items()
-            if name in live.sets and live.sets[name].definition() == spec.definition()]
+    redefined = [
+        spec
+        for name, spec in wanted.sets.items()
+        if name in live.sets and live.sets[name].definition() != spec.definition()
+    ]
+    kept = [
+        spec
+        for name, spec in wanted.sets.items()
+        if name in live.sets and live.sets[name].definition() == spec.definition()
+    ]
     new_chains = [chain for name, chain in wanted.chains.items() if name not in live.chains]
     gone_chains = [chain for name, chain in live.chains.items() if name not in wanted.chains]
-    redefined_chains = [chain for name, chain in wanted.chains.items()
-                        if name in live.chains and live.chains[name] != chain]
-    rules_differ = [name for name in wanted.chains
-                    if [r.key() for r in live.rules_of(name)] != [r.key() for r in wanted.rules_of(name)]]
+    redefined_chains = [
+        chain for name, chain in wanted.chains.items() if name in live.chains and live.chains[name] != chain
+    ]
+    rules_differ = [
+        name
+        for name in wanted.chains
+        if [r.key() for r in live.rules_of(name)] != [r.key() for r in wanted.rules_of(name)]
+    ]
     rules_differ += [chain.name for chain in gone_chains if live.rules_of(chain.name)]
 
     element_diffs: list[ElementDiff] = []
@@ -90,8 +110,14 @@ def diff(live: Ruleset | None, wanted: Ruleset | None) -> Plan:
         live_elements = set(live.sets[spec.name].elements or ())
         wanted_elements = set(spec.elements)
         if live_elements != wanted_elements:
-            element_diffs.append(ElementDiff(spec.name, spec.family, sorted(live_elements - wanted_elements),
-                                             sorted(wanted_elements - live_elements)))
+            element_diffs.append(
+                ElementDiff(
+                    spec.name,
+                    spec.family,
+                    sorted(live_elements - wanted_elements),
+                    sorted(wanted_elements - live_elements),
+                )
+            )
 
     for spec in gone_sets:
         changes.append(_set_change("delete", spec))
@@ -110,21 +136,39 @@ def diff(live: Ruleset | None, wanted: Ruleset | None) -> Plan:
     for chain in gone_chains:
         changes.append({"action": "delete", "object": "chain", "name": chain.name})
     for chain in new_chains:
-        changes.append({"action": "add", "object": "chain", "name": chain.name, "hook": chain.hook, "policy": chain.policy})
+        changes.append(
+            {"action": "add", "object": "chain", "name": chain.name, "hook": chain.hook, "policy": chain.policy}
+        )
     for chain in redefined_chains:
-        changes.append({"action": "replace", "object": "chain", "name": chain.name, "hook": chain.hook,
-                        "policy": chain.policy, "was_policy": live.chains[chain.name].policy})
+        changes.append(
+            {
+                "action": "replace",
+                "object": "chain",
+                "name": chain.name,
+                "hook": chain.hook,
+                "policy": chain.policy,
+                "was_policy": live.chains[chain.name].policy,
+            }
+        )
     for name in dict.fromkeys(rules_differ):
-        before = [rule_text(r) for r in live.rules_of(name)]
-        after = [rule_text(r) for r in wanted.rules_of(name)]
-        matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
+        live_rules, wanted_rules = live.rules_of(name), wanted.rules_of(name)
+        before = [rule_text(r) for r in live_rules]
+        after = [rule_text(r) for r in wanted_rules]
+        # match on normalised keys (set order aside), show the text
+        matcher = difflib.SequenceMatcher(
+            a=[r.key() for r in live_rules], b=[r.key() for r in wanted_rules], autojunk=False
+        )
         for tag, a0, a1, b0, b1 in matcher.get_opcodes():
             if tag in ("delete", "replace"):
-                changes += [{"action": "delete", "object": "rule", "chain": name, "rule": text} for text in before[a0:a1]]
+                changes += [
+                    {"action": "delete", "object": "rule", "chain": name, "rule": text} for text in before[a0:a1]
+                ]
             if tag in ("insert", "replace"):
                 changes += [{"action": "add", "object": "rule", "chain": name, "rule": text} for text in after[b0:b1]]
 
-    structure = bool(new_sets or gone_sets or redefined or new_chains or gone_chains or redefined_chains or rules_differ)
+    structure = bool(
+        new_sets or gone_sets or redefined or new_chains or gone_chains or redefined_chains or rules_differ
+    )
     if not structure:
         return Plan("elements" if element_diffs else "in-sync", changes, [], element_diffs)
 
@@ -137,28 +181,51 @@ def diff(live: Ruleset | None, wanted: Ruleset | None) -> Plan:
         commands.append({"delete": {"set": {"family": FAMILY, "table": TABLE, "name": spec.name}}})
     for spec in [*redefined, *new_sets]:
         commands.append({"add": {"set": spec.to_json()}})
-    for element_diff in element_diffs:
-        target = {"family": FAMILY, "table": TABLE, "name": element_diff.set_name}
-        if element_diff.delete:
-            commands.append({"delete": {"element": {**target, "elem": [interval_json(element_diff.family, a, b)
-                                                                        for a, b in element_diff.delete]}}})
-        if element_diff.add:
-            commands.append({"add": {"element": {**target, "elem": [interval_json(element_diff.family, a, b)
-                                                                     for a, b in element_diff.add]}}})
+    commands += element_commands(element_diffs)
     for chain in [*redefined_chains, *new_chains]:
         commands.append({"add": {"chain": chain.to_json()}})
     commands += [{"add": {"rule": rule.to_json()}} for rule in wanted.rules]
     return Plan("structure", changes, commands, element_diffs)
 
 
+def element_commands(element_diffs: list[ElementDiff]) -> list[Json]:
+    """libnftables commands for element changes (deletes first)."""
+    commands: list[Json] = []
+    for element_diff in element_diffs:
+        target = {"family": FAMILY, "table": TABLE, "name": element_diff.set_name}
+        if element_diff.delete:
+            commands.append(
+                {"delete": {"element": {**target, "elem": elements_json(element_diff.family, element_diff.delete)}}}
+            )
+    for element_diff in element_diffs:
+        target = {"family": FAMILY, "table": TABLE, "name": element_diff.set_name}
+        if element_diff.add:
+            commands.append(
+                {"add": {"element": {**target, "elem": elements_json(element_diff.family, element_diff.add)}}}
+            )
+    return commands
+
+
 def _set_change(action: str, spec: SetSpec) -> Json:
-    change: Json = {"action": action, "object": "set", "name": spec.name,
-                    "type": " . ".join(spec.type) if isinstance(spec.type, tuple) else spec.type}
+    change: Json = {
+        "action": action,
+        "object": "set",
+        "name": spec.name,
+        "type": " . ".join(spec.type) if isinstance(spec.type, tuple) else spec.type,
+    }
     if spec.elements is not None:
         change["count"] = len(spec.elements)
     return change
 
 
 def _element_change(action: str, spec: SetSpec, spans: list[tuple[int, int]]) -> Json:
-    return {"action": action, "object": "element", "set": spec.name, "count": len(spans),
-            "elements": _element_strings(spec.family, spans)}
+    change: Json = {
+        "action": action,
+        "object": "element",
+        "set": spec.name,
+        "count": len(spans),
+        "elements": _element_strings(spec.family, spans),
+    }
+    if len(spans) > MAX_LISTED_ELEMENTS:
+        change["truncated"] = True
+    return change

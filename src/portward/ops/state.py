@@ -1,11 +1,11 @@
 """The state dir: generations, the pending confirm, and a lock that serialises changes.
 
-    STATE/state.json          what is applied, pending, confirmed; the kernel generation id after our
-                              last commit and which snapshot describes the live table at that id
-    STATE/gen/N/policy.toml   the policy text of generation N
-    STATE/gen/N/ruleset.json  what generation N compiled to (restore re-applies this; no policy needed)
-    STATE/gen/N/before.json   the table as it was before generation N (rollback target)
-    STATE/lock                flock'ed by apply, confirm, rollback, restore and the rollback timer
+STATE/state.json          what is applied, pending, confirmed; the kernel generation id after our
+                          last commit and which snapshot describes the live table at that id
+STATE/gen/N/policy.toml   the policy text of generation N
+STATE/gen/N/ruleset.json  what generation N compiled to (restore re-applies this; no policy needed)
+STATE/gen/N/before.json   the table as it was before generation N (rollback target)
+STATE/lock                flock'ed by apply, confirm, rollback, restore and the rollback timer
 """
 
 from __future__ import annotations
@@ -91,13 +91,26 @@ class State:
         self.data["next_generation"] = generation + 1
         return generation
 
-    def write_generation(self, generation: int, policy_text: str, policy_path: str, wanted: Ruleset,
-                         before: Ruleset | None, meta: Json) -> None:
+    def write_generation(
+        self,
+        generation: int,
+        policy_text: str,
+        policy_path: str,
+        wanted: Ruleset,
+        before: Ruleset | tuple[int, str] | None,
+        meta: Json,
+    ) -> None:
+        """`before` may be a reference (generation, "ruleset"|"before") to a snapshot already on disk:
+        with a 100k-entry block list, not writing it twice saves a tenth of a second."""
         folder = self.gen_dir(generation)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / "policy.toml", policy_text)
         write_atomic(folder / "ruleset.json", json.dumps(wanted.to_dict()))
-        write_atomic(folder / "before.json", json.dumps(None if before is None else before.to_dict()))
+        if isinstance(before, tuple):
+            reference: Json = {"ref": list(before)}
+            write_atomic(folder / "before.json", json.dumps(reference))
+        else:
+            write_atomic(folder / "before.json", json.dumps(None if before is None else before.to_dict()))
         write_atomic(folder / "meta.json", json.dumps({"policy_path": policy_path, **meta}))
 
     def read_ruleset(self, generation: int, which: str = "ruleset") -> Ruleset | None:
@@ -107,6 +120,9 @@ class State:
             raise PortwardError(
                 f"generation {generation} is missing from {self.root} — apply the policy again"
             ) from None
+        if isinstance(data, dict) and "ref" in data:
+            generation, which = data["ref"]
+            return self.read_ruleset(int(generation), str(which))
         return None if data is None else Ruleset.from_dict(data)
 
     def meta(self, generation: int) -> Json:
@@ -120,10 +136,28 @@ class State:
         return {"generation": generation, "policy": meta.get("policy_path"), "time": meta.get("time", time.time())}
 
     def prune(self) -> None:
-        keep = {self.data.get(key, {}).get("generation") for key in ("applied", "pending", "confirmed")
-                if isinstance(self.data.get(key), dict)}
+        keep = {
+            self.data.get(key, {}).get("generation")
+            for key in ("applied", "pending", "confirmed")
+            if isinstance(self.data.get(key), dict)
+        }
+        snapshot = (self.data.get("kernel") or {}).get("snapshot")
+        if snapshot:
+            keep.add(int(snapshot[0]))
         folders = sorted((int(p.name) for p in (self.root / "gen").iterdir() if p.name.isdigit()), reverse=True)
-        for number in folders[KEEP_GENERATIONS:]:
+        for number in folders[:KEEP_GENERATIONS]:
+            keep.add(number)
+        for number in sorted(keep, reverse=True):  # a kept snapshot may refer to an older one
+            path = self.gen_dir(number) / "before.json"
+            try:
+                if path.stat().st_size > 200:  # a reference is tiny; a full snapshot may be megabytes
+                    continue
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and "ref" in data:
+                keep.add(int(data["ref"][0]))
+        for number in folders:
             if number not in keep:
                 shutil.rmtree(self.gen_dir(number), ignore_errors=True)
 

@@ -70,6 +70,42 @@ def parse_net(text: str) -> Net:
     return Net(family, value, value | mask)
 
 
+def parse_span(text: str) -> tuple[int, int, int]:
+    """Like parse_net but returns a plain (family, first, last) tuple: the block-list hot path."""
+    address, slash, length_text = text.partition("/")
+    if slash and ":" not in address and length_text.isdigit():
+        try:
+            value = int.from_bytes(socket.inet_pton(socket.AF_INET, address), "big")
+        except OSError:
+            value = -1
+        length = int(length_text)
+        if value >= 0 and length <= 32:
+            mask = (1 << (32 - length)) - 1
+            if not value & mask:
+                return 4, value, value | mask
+    net = parse_net(text)  # slow path: v6, single addresses, and every error message
+    return net.family, net.first, net.last
+
+
+def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort and merge overlapping and adjacent (first, last) ranges of one family."""
+    spans.sort()
+    out: list[tuple[int, int]] = []
+    append = out.append
+    current_first = current_last = -2
+    for first, last in spans:
+        if first <= current_last + 1:
+            if last > current_last:
+                current_last = last
+            continue
+        if current_first >= 0:
+            append((current_first, current_last))
+        current_first, current_last = first, last
+    if current_first >= 0:
+        append((current_first, current_last))
+    return out
+
+
 def format_address(family: int, value: int) -> str:
     if family == 4:
         return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
@@ -99,18 +135,8 @@ def merge(nets: Iterable[Net]) -> tuple[Net, ...]:
     items = list(nets)
     out: list[Net] = []
     for family in (4, 6):
-        spans = sorted((n.first, n.last) for n in items if n.family == family)
-        current_first = current_last = -2
-        for first, last in spans:
-            if first <= current_last + 1:
-                if last > current_last:
-                    current_last = last
-                continue
-            if current_first >= 0:
-                out.append(Net(family, current_first, current_last))
-            current_first, current_last = first, last
-        if current_first >= 0:
-            out.append(Net(family, current_first, current_last))
+        spans = [(n.first, n.last) for n in items if n.family == family]
+        out.extend(Net(family, first, last) for first, last in merge_spans(spans))
     return tuple(out)
 
 
@@ -137,20 +163,20 @@ def parse_port_spec(text: str) -> PortRange:
     """'22/tcp', '1000-2000/udp' -> PortRange. Raises ValueError saying what is wrong."""
     number, slash, proto = text.strip().partition("/")
     if not slash:
-        raise ValueError(f"{text!r} has no protocol — write it as \"{number}/tcp\" (tcp, udp or sctp)")
+        raise ValueError(f'{text!r} has no protocol — write it as "{number}/tcp" (tcp, udp or sctp)')
     proto = proto.lower()
     if proto not in PROTOCOLS:
         raise ValueError(f"{text!r}: unknown protocol {proto!r} — use tcp, udp or sctp")
     low, dash, high = number.partition("-")
     if not low.isdigit() or (dash and not high.isdigit()):
-        raise ValueError(f"{text!r} is not a port — write a number 1-65535 or a range \"N-M/{proto}\"")
+        raise ValueError(f'{text!r} is not a port — write a number 1-65535 or a range "N-M/{proto}"')
     first = int(low)
     last = int(high) if dash else first
     for port in (first, last):
         if not 1 <= port <= 65535:
             raise ValueError(f"{text!r}: port {port} is out of range — use a port from 1 to 65535")
     if last < first:
-        raise ValueError(f"{text!r}: the range is reversed — write \"{last}-{first}/{proto}\"")
+        raise ValueError(f'{text!r}: the range is reversed — write "{last}-{first}/{proto}"')
     return PortRange(proto, first, last)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from portward.policy.addresses import parse_address, parse_port_spec
+from portward.policy.addresses import format_interval, parse_address, parse_port_spec
 
 if TYPE_CHECKING:
     from portward.policy.toml import LoadedPolicy
@@ -34,15 +34,16 @@ def interface_matches(pattern: str | None, interface: str | None) -> bool | None
     return interface == pattern
 
 
-def inbound_decision(loaded: LoadedPolicy, source: str, port: int, proto: str,
-                     interface: str | None = None) -> Decision:
+def inbound_decision(
+    loaded: LoadedPolicy, source: str, port: int, proto: str, interface: str | None = None
+) -> Decision:
     policy = loaded.policy
     family, address = parse_address(source)
     if (family == 4 and address >> 24 == 127) or (family == 6 and address == 1):
         return Decision(True, "loopback is always admitted")
-    for net in loaded.block_nets:
-        if net.contains(family, address):
-            return Decision(False, f"{source} is in [block] ({net})")
+    blocked = loaded.blocked(family, address)
+    if blocked:
+        return Decision(False, f"{source} is in [block] ({format_interval(family, *blocked)})")
     for rule in policy.inbound:
         if rule.ports is not None and not any(
             spec.proto == proto and spec.first <= port <= spec.last for spec in map(parse_port_spec, rule.ports)
@@ -54,10 +55,9 @@ def inbound_decision(loaded: LoadedPolicy, source: str, port: int, proto: str,
         on_interface = interface_matches(rule.interface, interface)
         if on_interface is False:
             continue
-        if on_interface is None:
+        if on_interface is None and rule.action == "accept":
             # only on interface X, and we cannot tell which interface the client comes in on: be careful
-            if rule.action == "accept":
-                continue
+            continue
         if rule.action == "accept":
             return Decision(True, f"inbound rule {rule.name!r}", rule.name)
         return Decision(False, f"inbound rule {rule.name!r} says {rule.action}", rule.name)

@@ -43,8 +43,8 @@ def _source(value: str) -> str:
         parse_net(value)
     elif not NAME_RE.match(value):
         raise ValueError(
-            f"{value!r} is neither an address, a CIDR nor a zone name — write e.g. \"198.18.0.0/24\", "
-            "\"2001:db8::/64\" or a name from [zones]"
+            f'{value!r} is neither an address, a CIDR nor a zone name — write e.g. "198.18.0.0/24", '
+            '"2001:db8::/64" or a name from [zones]'
         )
     return value
 
@@ -52,8 +52,7 @@ def _source(value: str) -> str:
 def _interface(value: str) -> str:
     if not INTERFACE_RE.match(value):
         raise ValueError(
-            f"{value!r} is not an interface name — up to 15 characters, optionally ending in '*' "
-            "(e.g. \"eth0\", \"wg*\")"
+            f'{value!r} is not an interface name — up to 15 characters, optionally ending in \'*\' (e.g. "eth0", "wg*")'
         )
     return value
 
@@ -62,8 +61,8 @@ def _rate(value: str) -> str:
     match = RATE_RE.match(value)
     if not match or int(match.group(1)) == 0:
         raise ValueError(
-            f"{value!r} is not a rate — write \"N/second\", \"N/minute\", \"N/hour\" or \"N/day\" with N ≥ 1, "
-            "optionally followed by \" burst M\""
+            f'{value!r} is not a rate — write "N/second", "N/minute", "N/hour" or "N/day" with N ≥ 1, '
+            'optionally followed by " burst M"'
         )
     return value
 
@@ -201,7 +200,10 @@ class Policy(Strict):
             for index, member in enumerate(members):
                 if not looks_like_address(member):
                     found.append(
-                        (("zones", zone, index), f"{member!r}: a zone lists addresses or CIDRs, not names — write the addresses")
+                        (
+                            ("zones", zone, index),
+                            f"{member!r}: a zone lists addresses or CIDRs, not names — write the addresses",
+                        )
                     )
         sections: list[tuple[str, list[Any], str]] = [
             ("inbound", list(self.inbound), "from"),
@@ -252,7 +254,7 @@ class Policy(Strict):
                     (("sysctl", key), "not a network sysctl name — use the full name, e.g. net.ipv4.conf.all.rp_filter")
                 )
             elif not isinstance(value, int | str) or isinstance(value, bool):
-                found.append((("sysctl", key), "a sysctl value is an integer or a string — e.g. 0, 1 or \"1\""))
+                found.append((("sysctl", key), 'a sysctl value is an integer or a string — e.g. 0, 1 or "1"'))
         return found
 
     # -- resolution helpers used by compilers and evaluators --------------------------------------

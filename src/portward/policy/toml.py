@@ -6,6 +6,7 @@ every table header, key and (multi-line) array element, keyed by the same path p
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portward.errors import PolicyError, Problem
-from portward.policy.addresses import Net, merge, parse_net
+from portward.policy.addresses import Net, merge_spans, parse_span
 
 if TYPE_CHECKING:
     from portward.policy.model import Policy
@@ -31,8 +32,22 @@ class LoadedPolicy:
     policy: Policy
     path: str
     text: str
-    block_nets: tuple[Net, ...] = ()  # [block] from + files, merged
+    # [block] from + files, merged, per family: sorted (first, last) ranges. Plain tuples, not Net
+    # objects: a block list has 100,000 entries and more.
+    block: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: {4: [], 6: []})
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def block_nets(self) -> tuple[Net, ...]:
+        return tuple(Net(family, a, b) for family in (4, 6) for a, b in self.block[family])
+
+    def blocked(self, family: int, address: int) -> tuple[int, int] | None:
+        """The block range that holds this address, if any (binary search)."""
+        spans = self.block[family]
+        index = bisect.bisect_right(spans, (address, 1 << 129)) - 1
+        if index >= 0 and spans[index][0] <= address <= spans[index][1]:
+            return spans[index]
+        return None
 
 
 # --------------------------------------------------------------------------------------------- lines
@@ -209,8 +224,8 @@ def format_loc(loc: Iterable[str | int]) -> str:
 # ------------------------------------------------------------------------------------ pydantic errors
 
 _TYPE_HINTS = {
-    "string_type": "write it in quotes, e.g. \"22/tcp\"",
-    "list_type": "write a list in brackets, e.g. [\"22/tcp\"]",
+    "string_type": 'write it in quotes, e.g. "22/tcp"',
+    "list_type": 'write a list in brackets, e.g. ["22/tcp"]',
     "int_type": "write a whole number without quotes",
     "bool_type": "write true or false without quotes",
     "dict_type": "write a table",
@@ -255,9 +270,7 @@ def _known_keys(data: Any, loc: Loc) -> list[str]:
         "sysctl": model.Sysctl,
     }
     target = model.Policy if len(loc) <= 1 else section_models.get(str(loc[0]), model.Policy)
-    return sorted(
-        (info.alias or name) for name, info in target.model_fields.items()
-    )
+    return sorted((info.alias or name) for name, info in target.model_fields.items())
 
 
 # --------------------------------------------------------------------------------------------- load
@@ -271,7 +284,9 @@ def load_policy(path: str | os.PathLike[str], *, read_files: bool = True) -> Loa
     except FileNotFoundError:
         raise PolicyError([Problem(source, 0, "", "file not found — give the policy path with -p FILE")]) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise PolicyError([Problem(source, 0, "", f"cannot read it ({error}) — check the path and permissions")]) from None
+        raise PolicyError(
+            [Problem(source, 0, "", f"cannot read it ({error}) — check the path and permissions")]
+        ) from None
     return load_policy_text(text, source, read_files=read_files)
 
 
@@ -297,56 +312,65 @@ def load_policy_text(text: str, source: str = "<policy>", *, read_files: bool = 
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False):
-            loc = tuple(item["loc"])
-            problems.append(Problem(source, line_for(lines, loc), format_loc(loc), _message(dict(item), data)))
+            where = tuple(item["loc"])
+            problems.append(Problem(source, line_for(lines, where), format_loc(where), _message(dict(item), data)))
         raise PolicyError(_dedupe(problems)) from None
-    problems = [
-        Problem(source, line_for(lines, loc), format_loc(loc), message) for loc, message in policy.problems()
-    ]
+    problems = [Problem(source, line_for(lines, loc), format_loc(loc), message) for loc, message in policy.problems()]
     loaded = LoadedPolicy(policy, source, text)
     base = Path(source).parent
-    block_nets: list[Net] = []
+    spans: list[tuple[int, int, int]] = []
     _any, from_nets = policy.resolve(list(policy.block.from_))
-    block_nets.extend(from_nets)
+    spans.extend((net.family, net.first, net.last) for net in from_nets)
     if read_files:
         for index, name in enumerate(policy.block.files):
             file_path = base / name
             loc: Loc = ("block", "files", index)
             try:
-                block_nets.extend(read_address_file(file_path, problems))
+                spans.extend(read_address_file(file_path, problems))
             except FileNotFoundError:
                 problems.append(
-                    Problem(source, line_for(lines, loc), format_loc(loc),
-                            f"{file_path} does not exist — create it (one address or CIDR a line) or remove it")
+                    Problem(
+                        source,
+                        line_for(lines, loc),
+                        format_loc(loc),
+                        f"{file_path} does not exist — create it (one address or CIDR a line) or remove it",
+                    )
                 )
             except OSError as error:
-                problems.append(Problem(source, line_for(lines, loc), format_loc(loc), f"cannot read {file_path}: {error}"))
+                problems.append(
+                    Problem(source, line_for(lines, loc), format_loc(loc), f"cannot read {file_path}: {error}")
+                )
         for index, door in enumerate(policy.spa):
             for key in ("key_file", "hmac_key_file"):
                 name = getattr(door, key)
                 if name is not None and not (base / name).is_file():
                     loc = ("spa", index, key)
                     problems.append(
-                        Problem(source, line_for(lines, loc), format_loc(loc), f"{base / name} does not exist — create it or fix the path")
+                        Problem(
+                            source,
+                            line_for(lines, loc),
+                            format_loc(loc),
+                            f"{base / name} does not exist — create it or fix the path",
+                        )
                     )
     if problems:
         raise PolicyError(problems)
-    loaded.block_nets = merge(block_nets)
+    loaded.block = {family: merge_spans([(a, b) for f, a, b in spans if f == family]) for family in (4, 6)}
     loaded.warnings = policy_warnings(policy)
     return loaded
 
 
-def read_address_file(path: Path, problems: list[Problem]) -> list[Net]:
+def read_address_file(path: Path, problems: list[Problem]) -> list[tuple[int, int, int]]:
     """One address or CIDR a line, '#' comments; bad lines become problems at their own line."""
-    nets: list[Net] = []
+    nets: list[tuple[int, int, int]] = []
     append = nets.append
     with open(path, encoding="utf-8") as handle:
         for number, raw in enumerate(handle, 1):
-            entry = raw.split("#", 1)[0].strip()
+            entry = raw.split("#", 1)[0].strip() if "#" in raw else raw.strip()
             if not entry:
                 continue
             try:
-                append(parse_net(entry))
+                append(parse_span(entry))
             except ValueError as error:
                 problems.append(Problem(str(path), number, "address", f"{error} — fix or remove the line"))
     return nets
@@ -360,9 +384,7 @@ def policy_warnings(policy: Policy) -> list[str]:
         if len(numbers) < 3:
             warnings.append(f"knock {door.name!r}: a sequence shorter than 3 knocks is easy to hit by chance")
         elif numbers == sorted(numbers):
-            warnings.append(
-                f"knock {door.name!r}: an ascending sequence opens on a sequential port sweep — shuffle it"
-            )
+            warnings.append(f"knock {door.name!r}: an ascending sequence opens on a sequential port sweep — shuffle it")
     return warnings
 
 
@@ -375,7 +397,3 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
             seen.add(key)
             out.append(problem)
     return out
-
-
-def parse_nets(entries: Iterable[str]) -> list[Net]:
-    return [parse_net(entry) for entry in entries]
