@@ -403,7 +403,7 @@ class Compiler:
         else:
             for family in (4, 6):
                 if any(net.family == family for net in nets):
-                    name = self.address_set(f"{section[:3]}_{rule.name}", family, nets)
+                    name = self.address_set(self._set_base(section, rule), family, nets)
                     matches_by_family.append((family, [_match(_addr_payload(family, direction), f"@{name}")]))
         iface: list[Json] = [_match(_meta(iface_key), rule.interface)] if rule.interface else []
         ports = merge_ports(_port_ranges(rule.ports)) if rule.ports is not None else None
@@ -439,6 +439,13 @@ class Compiler:
                             {"drop": None},
                         )
                 self._rule(chain, comment, *head, *_verdict(rule.action, proto))
+
+    def _set_base(self, section: str, rule: InboundRule | OutboundRule) -> str:
+        """Name a rule's address set after its zone when that is all it lists (others then share it)."""
+        named = [source for source in rule.sources if source != "localhost"]
+        if len(named) == 1 and named[0] in self.policy.zones:
+            return f"zone_{named[0]}"
+        return f"{section[:3]}_{rule.name}"
 
     def _meter(
         self, section: str, rule: InboundRule | OutboundRule, family: int | None, direction: str
