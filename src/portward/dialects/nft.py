@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from portward.policy.addresses import V4_MAX, V6_MAX, Net, format_address, merge, merge_ports, prefix_length
+from portward.policy.addresses import Net, format_address, merge, merge_ports, prefix_length
 from portward.policy.model import rate_parts
 
 if TYPE_CHECKING:
@@ -579,10 +579,3 @@ def _expr_text(expr: Json) -> str:
         return f"update {update['set']} {{ {_value_text(update['elem'])} {inner} }}"
     (verdict,) = expr.keys()
     return str(verdict)
-
-
-def with_elements(spec: SetSpec, elements: tuple[tuple[int, int], ...]) -> SetSpec:
-    return replace(spec, elements=elements)
-
-
-MAX_BY_FAMILY = {4: V4_MAX, 6: V6_MAX}

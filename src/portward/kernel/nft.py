@@ -6,7 +6,6 @@ and the kernel applies all of it or none.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from portward.dialects.nft import FAMILY, TABLE, ChainSpec, Ruleset, RuleSpec, SetSpec
@@ -132,7 +131,3 @@ def ruleset_from_listing(listing: list[Json]) -> Ruleset:
             body = item["rule"]
             ruleset.rules.append(RuleSpec(body["chain"], tuple(body["expr"]), body.get("comment")))
     return ruleset
-
-
-def dump(listing: list[Json]) -> str:
-    return json.dumps(listing, sort_keys=True)
