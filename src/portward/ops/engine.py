@@ -21,7 +21,7 @@ from typing import Any
 from portward.dialects.nft import FAMILY, TABLE, Ruleset, compile_policy
 from portward.errors import InputError, PortwardError
 from portward.kernel.nft import Nft, ruleset_from_listing
-from portward.ops.plan import Plan, diff, element_commands
+from portward.ops.plan import Plan, diff
 from portward.ops.state import State
 from portward.policy.toml import LoadedPolicy, load_policy
 
@@ -64,15 +64,16 @@ def trusted_snapshot(state: State) -> tuple[int, str] | None:
     return None
 
 
-def read_live(nft: Nft, state: State) -> Ruleset | None:
+def read_live(nft: Nft, state: State) -> tuple[Ruleset | None, tuple[int, str] | None]:
+    """The live table, and the on-disk snapshot it equals when that snapshot can be trusted."""
     snapshot = trusted_snapshot(state)
     if snapshot is not None:
         try:
-            return state.read_ruleset(*snapshot)
+            return state.read_ruleset(*snapshot), snapshot
         except PortwardError:
-            pass
+            snapshot = None
     listing = nft.list_table()
-    return None if listing is None else ruleset_from_listing(listing)
+    return (None if listing is None else ruleset_from_listing(listing)), snapshot
 
 
 def _record_live(state: State, snapshot: tuple[int, str] | None) -> None:
@@ -84,11 +85,8 @@ def execute(nft: Nft, plan: Plan) -> None:
     if plan.mode in ("create", "structure", "delete"):
         nft.run(plan.commands)
     elif plan.mode == "elements":
-        try:
-            from portward.kernel.nfnetlink import apply_element_batch, interval_ops
-        except ImportError:  # pragma: no cover - the module ships with portward
-            nft.run(element_commands(plan.element_diffs))
-            return
+        from portward.kernel.nfnetlink import apply_element_batch, interval_ops
+
         changes = []
         for element_diff in plan.element_diffs:
             width = 4 if element_diff.family == 4 else 16
@@ -99,6 +97,15 @@ def execute(nft: Nft, plan: Plan) -> None:
             apply_element_batch(FAMILY, TABLE, changes)
         except OSError as error:
             raise PortwardError(f"the kernel refused the set update: {error} — nothing was changed") from None
+
+
+def converge(nft: Nft, state: State, target: Ruleset | None, snapshot: tuple[int, str]) -> Plan:
+    """Make the live table equal a stored snapshot (rollback, restore) and record that it does."""
+    live, _snapshot = read_live(nft, state)
+    the_plan = diff(live, target)
+    execute(nft, the_plan)
+    _record_live(state, snapshot)
+    return the_plan
 
 
 # ------------------------------------------------------------------------------------ lockout guard
@@ -151,7 +158,7 @@ def plan(policy_path: str, state_dir: Path) -> Result:
     nft = Nft()
     state = State(state_dir)
     state.load()
-    live = read_live(nft, state)
+    live, _snapshot = read_live(nft, state)
     result = diff(live, wanted)
     lines = [f"warning: {text}" for text in loaded.warnings] + [f"note: {text}" for text in wanted.notes]
     lines += _change_lines(result.changes) or ["in sync: nothing to change"]
@@ -192,7 +199,7 @@ def apply(policy_path: str, state_dir: Path, *, confirm_seconds: int | None = No
     nft = Nft()
     state = State(state_dir)
     with state.locked():
-        live = read_live(nft, state)
+        live, snapshot = read_live(nft, state)
         the_plan = diff(live, wanted)
         pending = state.data.get("pending")
         before: Ruleset | tuple[int, str] | None
@@ -201,7 +208,7 @@ def apply(policy_path: str, state_dir: Path, *, confirm_seconds: int | None = No
             before = (int(pending["generation"]), "before")
             before_generation = pending.get("before_generation")
         else:
-            before = trusted_snapshot(state) or live
+            before = snapshot or live
             before_generation = (state.data.get("applied") or {}).get("generation")
         generation = state.new_generation()
         now = time.time()
@@ -331,10 +338,7 @@ def rollback(state_dir: Path, *, only_generation: int | None = None, reason: str
             raise InputError("nothing has been applied from this state dir — nothing to roll back")
         generation = int(applied["generation"])
         target = state.read_ruleset(generation, "before")
-        live = read_live(nft, state)
-        the_plan = diff(live, target)
-        execute(nft, the_plan)
-        _record_live(state, (generation, "before"))
+        the_plan = converge(nft, state, target, (generation, "before"))
         if pending:
             if only_generation is None:
                 _kill_timer(pending)
@@ -360,10 +364,7 @@ def restore(state_dir: Path) -> Result:
             return Result({"generation": None, "changes": []}, ["nothing confirmed to restore"])
         generation = int(confirmed["generation"])
         wanted = state.read_ruleset(generation)
-        live = read_live(nft, state)
-        the_plan = diff(live, wanted)
-        execute(nft, the_plan)
-        _record_live(state, (generation, "ruleset"))
+        the_plan = converge(nft, state, wanted, (generation, "ruleset"))
         state.data["applied"] = {**confirmed}
         state.data["pending"] = None
         state.save()
