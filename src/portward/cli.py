@@ -19,6 +19,7 @@ from portward import __version__
 
 DEFAULT_POLICY = "/etc/portward/policy.toml"
 F = TypeVar("F", bound=Callable[..., Any])
+Json = dict[str, Any]
 
 
 def json_option(function: F) -> F:
@@ -69,10 +70,37 @@ def run(ctx: click.Context, json_output: bool, action: Callable[[], Any]) -> Non
         sys.exit(1)
     if as_json:
         print(json.dumps(result.data, indent=None, default=str))
-    else:
+    elif all(isinstance(line, str) for line in result.lines):
         for line in result.lines:
             print(line)
+    else:  # rich tables among the lines
+        from rich.console import Console
+
+        console = Console(highlight=False, soft_wrap=False)
+        for line in result.lines:
+            console.print(line, markup=False) if isinstance(line, str) else console.print(line)
     sys.exit(result.exit_code)
+
+
+def progress_bar(enabled: bool, description: str) -> Any:
+    """A rich progress bar on a terminal, nothing otherwise: (context manager, callback(done, total))."""
+    import contextlib
+
+    if not enabled or not sys.stderr.isatty():
+        return contextlib.nullcontext(), None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True,
+        console=Console(stderr=True),
+    )
+    task = bar.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,7 +240,7 @@ def restore(ctx: click.Context, json_output: bool) -> None:
     run(ctx, json_output, lambda: engine.restore(ctx.obj.state_dir))
 
 
-EXPORT_FORMATS = ["nft"]
+EXPORT_FORMATS = ["nft", "sysctl"]
 
 
 @cli.command()
@@ -231,8 +259,14 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
         from portward.policy.toml import load_policy
 
         loaded = load_policy(policy)
-        text = render_text(compile_policy(loaded))
-        files = {"etc/portward/portward.nft": text}
+        if fmt == "sysctl":
+            from portward.dialects import sysctl
+
+            text = sysctl.render(loaded.policy, os.path.abspath(policy))
+            files = {sysctl.DROP_IN: text}
+        else:
+            text = render_text(compile_policy(loaded))
+            files = {"etc/portward/portward.nft": text}
         if root:
             for relative, content in files.items():
                 target = Path(root) / relative
@@ -243,6 +277,169 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
                 [f"wrote {Path(root) / name}" for name in files],
             )
         return Result({"format": fmt, "files": [], "text": text}, [text.rstrip("\n")])
+
+    run(ctx, json_output, action)
+
+
+# ------------------------------------------------------------------------------ audit, init, scan, verify
+
+
+@cli.command()
+@click.option("-p", "--policy", metavar="FILE", help="Also say, per socket, whether the live ruleset matches it.")
+@click.option("--profile", type=click.Choice(["host", "router"]), help="Sysctl profile [policy's, else host].")
+@click.option("--html", "html_file", metavar="FILE", help="Also write a self-contained HTML report.")
+@click.option("--root", default="/", show_default=True, metavar="DIR", help="Where to look for config files.")
+@json_option
+@click.pass_context
+def audit(
+    ctx: click.Context, policy: str | None, profile: str | None, html_file: str | None, root: str, json_output: bool
+) -> None:
+    """What listens, who can reach it (live ruleset), sysctls, other firewalls, legacy configs."""
+
+    def action() -> Any:
+        from portward.audit.report import render, run_audit
+        from portward.ops.engine import Result
+
+        document = run_audit(policy, root=Path(root), profile=profile)
+        lines: list[Any] = render(document)
+        if html_file:
+            try:
+                from portward.report.html import write_report  # type: ignore[import-not-found, unused-ignore]
+            except ImportError:
+                from portward.errors import PortwardError
+
+                raise PortwardError("--html is not available in this version yet — use --json") from None
+            write_report(document, Path(html_file))
+            lines.append(f"wrote {html_file}")
+        return Result(document, lines)
+
+    run(ctx, json_output, action)
+
+
+@cli.command()
+@click.option("--lan", multiple=True, metavar="CIDR", help="LAN network (repeat) [directly connected private ones].")
+@click.option("-o", "--output", metavar="FILE", help="Write the policy here instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+@json_option
+@click.pass_context
+def init(ctx: click.Context, lan: tuple[str, ...], output: str | None, force: bool, json_output: bool) -> None:
+    """Propose a policy from what listens: ssh to any, the rest to localhost + LAN."""
+
+    def action() -> Any:
+        import subprocess
+
+        from portward.audit.init import private_networks, propose
+        from portward.audit.report import run_audit
+        from portward.errors import InputError
+        from portward.kernel import sysctl
+        from portward.ops.engine import Result
+        from portward.ops.state import write_atomic
+        from portward.policy.addresses import parse_net
+        from portward.policy.toml import load_policy_text
+
+        for cidr in lan:
+            try:
+                parse_net(cidr)
+            except ValueError as error:
+                raise InputError(f"--lan {cidr}: {error}") from None
+        document = run_audit(None)
+        networks = list(lan)
+        if not networks:
+            done = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, check=False)
+            networks = private_networks(json.loads(done.stdout or "[]"))
+        forwarding = sysctl.read("net.ipv4.ip_forward") == "1" or any(
+            manager["name"] == "docker" for manager in document["firewalls"]
+        )
+        text = propose(document, networks, forwarding=forwarding)
+        load_policy_text(text, output or "<init>")  # what we propose must pass `check`
+        data: Json = {"policy": text, "lan": networks, "file": output}
+        if output:
+            target = Path(output)
+            if target.exists() and not force:
+                raise InputError(f"{output} exists — choose another file or add --force")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, text)
+            return Result(data, [f"wrote {output}: review it, then `portward check -p {output}`"])
+        return Result(data, [text.rstrip("\n")])
+
+    run(ctx, json_output, action)
+
+
+@cli.command()
+@click.argument("host")
+@click.option(
+    "-p", "--ports", "port_spec", default="1-65535", show_default=True, help="nmap syntax: 22,80,1000-2000, - = all."
+)
+@click.option("--udp", "udp_spec", metavar="PORTS", help="Also scan these UDP ports.")
+@click.option("--all", "all_ports", is_flag=True, help="List filtered ports in the JSON too.")
+@click.option("-4", "ipv4", is_flag=True, help="Resolve HOST to IPv4.")
+@click.option("-6", "ipv6", is_flag=True, help="Resolve HOST to IPv6.")
+@json_option
+@click.pass_context
+def scan(
+    ctx: click.Context, host: str, port_spec: str, udp_spec: str | None, all_ports: bool, ipv4: bool, ipv6: bool,
+    json_output: bool,
+) -> None:
+    """TCP connect scan (nmap -sT meaning): open, closed, filtered."""
+    as_json = json_output or ctx.obj.json_output
+
+    def action() -> Any:
+        from portward.ops.engine import Result
+        from portward.verify.scan import parse_ports
+        from portward.verify.scan import scan as do_scan
+
+        tcp = parse_ports(port_spec)
+        udp = parse_ports(udp_spec) if udp_spec else []
+        family = 4 if ipv4 else 6 if ipv6 else None
+        bar, update = progress_bar(not as_json, f"scanning {host}")
+        with bar:
+            result = do_scan(host, tcp, udp, family=family, progress=update)
+        data = result.as_json(all_ports=all_ports)
+        counts = result.counts()
+        lines: list[Any] = [
+            f"{host} ({result.address}) from {result.source}: {len(tcp) + len(udp)} ports in {result.seconds:.2f}s — "
+            + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        ]
+        lines += [
+            f"{item.port}/{item.proto:<4} {item.state:<13} {item.reason}"
+            for item in result.ports
+            if item.state != "filtered" or all_ports
+        ]
+        return Result(data, lines)
+
+    run(ctx, json_output, action)
+
+
+@cli.command()
+@policy_option
+@click.option("--target", required=True, metavar="HOST", help="The host the policy protects.")
+@click.option("--ports", "port_spec", metavar="PORTS", help="Scan these TCP ports [what the policy names].")
+@click.option("--full", is_flag=True, help="Scan all 65,535 TCP ports.")
+@click.option("--udp", is_flag=True, help="Also probe the UDP ports the policy names.")
+@click.option("--interface", metavar="NAME", help="The target's interface our packets arrive on.")
+@json_option
+@click.pass_context
+def verify(
+    ctx: click.Context, policy: str, target: str, port_spec: str | None, full: bool, udp: bool,
+    interface: str | None, json_output: bool,
+) -> None:
+    """Scan TARGET from here and compare with what the policy lets this vantage point reach (exit 3 = differs)."""
+    as_json = json_output or ctx.obj.json_output
+
+    def action() -> Any:
+        from portward.ops.engine import Result
+        from portward.policy.toml import load_policy
+        from portward.verify.scan import parse_ports
+        from portward.verify.verify import verify as do_verify
+
+        loaded = load_policy(policy)
+        ports = parse_ports(port_spec) if port_spec else None
+        bar, update = progress_bar(not as_json, f"verifying {target}")
+        with bar:
+            data, lines, code = do_verify(
+                loaded, target, ports=ports, udp=udp, full=full, interface=interface, progress=update
+            )
+        return Result(data, lines, code)
 
     run(ctx, json_output, action)
 

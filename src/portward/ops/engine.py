@@ -22,7 +22,8 @@ from portward.dialects.nft import FAMILY, TABLE, Ruleset, compile_policy
 from portward.errors import InputError, PortwardError
 from portward.kernel.nft import Nft, ruleset_from_listing
 from portward.ops.plan import Plan, diff
-from portward.ops.state import State
+from portward.ops.state import State, write_atomic
+from portward.policy.sysctls import wanted as sysctl_wanted
 from portward.policy.toml import LoadedPolicy, load_policy
 
 Json = dict[str, Any]
@@ -160,9 +161,63 @@ def plan(policy_path: str, state_dir: Path) -> Result:
     state.load()
     live, _snapshot = read_live(nft, state)
     result = diff(live, wanted)
-    lines = [f"warning: {text}" for text in loaded.warnings] + [f"note: {text}" for text in wanted.notes]
-    lines += _change_lines(result.changes) or ["in sync: nothing to change"]
-    return Result({"changes": result.changes, "in_sync": result.empty, "warnings": loaded.warnings}, lines)
+    sysctl_changes, missing = sysctl_plan(loaded)
+    changes = result.changes + sysctl_changes
+    warnings = loaded.warnings + missing
+    lines = [f"warning: {text}" for text in warnings] + [f"note: {text}" for text in wanted.notes]
+    lines += _change_lines(changes) or ["in sync: nothing to change"]
+    return Result({"changes": changes, "in_sync": not changes, "warnings": warnings}, lines)
+
+
+# ---------------------------------------------------------------------------------------- sysctl
+
+
+def sysctl_plan(loaded: LoadedPolicy) -> tuple[list[Json], list[str]]:
+    """Sysctl changes the policy's [sysctl] asks for (none when the policy has no [sysctl] table), and
+    warnings for keys this kernel does not have (skipped)."""
+    if "sysctl" not in loaded.policy.model_fields_set:
+        return [], []
+    from portward.kernel import sysctl
+
+    values = sysctl_wanted(loaded.policy.sysctl)
+    current = sysctl.read_many(list(values))
+    changes = [
+        {"object": "sysctl", "action": "replace", "key": key, "from": current[key], "to": value}
+        for key, value in values.items()
+        if current[key] is not None and current[key] != value
+    ]
+    missing = [f"{key} does not exist on this kernel: skipped" for key, value in current.items() if value is None]
+    return changes, missing
+
+
+def _write_sysctls(state: State, generation: int, changes: list[Json], pending: Json | None) -> None:
+    """Set the values and record what they were, so a rollback can put them back."""
+    from portward.kernel import sysctl
+
+    values = {change["key"]: change["to"] for change in changes if change["object"] == "sysctl"}
+    before = {key: value for key, value in sysctl.write_many(values).items() if value is not None}
+    if pending:  # a superseded unconfirmed apply: rolling back returns to what was there before *it*
+        before.update(_sysctl_record(state, int(pending["generation"])).get("before", {}))
+    record = {"wanted": values, "before": before}
+    write_atomic(state.gen_dir(generation) / "sysctl.json", json.dumps(record))
+
+
+def _sysctl_record(state: State, generation: int) -> Json:
+    try:
+        return dict(json.loads((state.gen_dir(generation) / "sysctl.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _restore_sysctls(values: dict[str, str]) -> list[Json]:
+    from portward.kernel import sysctl
+
+    before = sysctl.write_many(values)
+    return [
+        {"object": "sysctl", "action": "replace", "key": key, "from": before[key], "to": value}
+        for key, value in values.items()
+        if before[key] != value
+    ]
 
 
 def _change_lines(changes: list[Json]) -> list[str]:
@@ -181,6 +236,8 @@ def _change_lines(changes: list[Json]) -> list[str]:
             lines.append(f"{mark} set {change['name']} {change['type']}{count}")
         elif kind == "chain":
             lines.append(f"{mark} chain {change['name']} (hook {change.get('hook')}, policy {change.get('policy')})")
+        elif kind == "sysctl":
+            lines.append(f"{mark} sysctl {change['key']} = {change['to']} (was {change['from']})")
         else:
             lines.append(f"{mark} {kind} {change.get('name', '')}")
     return lines
@@ -201,6 +258,7 @@ def apply(policy_path: str, state_dir: Path, *, confirm_seconds: int | None = No
     with state.locked():
         live, snapshot = read_live(nft, state)
         the_plan = diff(live, wanted)
+        sysctl_changes, missing = sysctl_plan(loaded)
         pending = state.data.get("pending")
         before: Ruleset | tuple[int, str] | None
         if pending:
@@ -218,10 +276,20 @@ def apply(policy_path: str, state_dir: Path, *, confirm_seconds: int | None = No
             os.path.abspath(policy_path),
             wanted,
             before,
-            {"time": now, "changes": len(the_plan.changes)},
+            {"time": now, "changes": len(the_plan.changes) + len(sysctl_changes)},
         )
         state.save()  # the generation number is spent even if the kernel refuses
-        execute(nft, the_plan)
+        if "sysctl" in loaded.policy.model_fields_set:
+            from portward.dialects.sysctl import render
+
+            _write_sysctls(state, generation, sysctl_changes, pending)
+            # the same values as a sysctl.d drop-in, for hosts that would rather load them with `sysctl --system`
+            write_atomic(state.root / "sysctl.conf", render(loaded.policy, os.path.abspath(policy_path)))
+        try:
+            execute(nft, the_plan)
+        except PortwardError:
+            _restore_sysctls(_sysctl_record(state, generation).get("before", {}))
+            raise
         _record_live(state, (generation, "ruleset"))
         applied = {
             "generation": generation,
@@ -230,8 +298,9 @@ def apply(policy_path: str, state_dir: Path, *, confirm_seconds: int | None = No
             "before_generation": before_generation,
         }
         state.data["applied"] = applied
-        lines = [f"warning: {text}" for text in loaded.warnings] + _change_lines(the_plan.changes)
-        data: Json = {"generation": generation, "changes": the_plan.changes}
+        changes = the_plan.changes + sysctl_changes
+        lines = [f"warning: {text}" for text in loaded.warnings + missing] + _change_lines(changes)
+        data: Json = {"generation": generation, "changes": changes}
         if confirm_seconds is not None:
             deadline = now + confirm_seconds
             state.data["pending"] = {**applied, "deadline": deadline, "timer_pid": None}
@@ -247,7 +316,7 @@ def apply(policy_path: str, state_dir: Path, *, confirm_seconds: int | None = No
             _kill_timer(state.data.get("pending"))
             state.data["pending"] = None
             state.data["confirmed"] = {**applied}
-            lines.append(f"applied generation {generation}" + ("" if the_plan.changes else " (no changes)"))
+            lines.append(f"applied generation {generation}" + ("" if changes else " (no changes)"))
         state.save()
         state.prune()
     return Result(data, lines)
@@ -339,6 +408,7 @@ def rollback(state_dir: Path, *, only_generation: int | None = None, reason: str
         generation = int(applied["generation"])
         target = state.read_ruleset(generation, "before")
         the_plan = converge(nft, state, target, (generation, "before"))
+        changes = the_plan.changes + _restore_sysctls(_sysctl_record(state, generation).get("before", {}))
         if pending:
             if only_generation is None:
                 _kill_timer(pending)
@@ -349,8 +419,8 @@ def rollback(state_dir: Path, *, only_generation: int | None = None, reason: str
         state.data["events"] = state.data["events"][-50:]
         state.save()
         return Result(
-            {"rolled_back": generation, "changes": the_plan.changes},
-            [f"rolled back generation {generation}", *_change_lines(the_plan.changes)],
+            {"rolled_back": generation, "changes": changes},
+            [f"rolled back generation {generation}", *_change_lines(changes)],
         )
 
 
@@ -365,12 +435,13 @@ def restore(state_dir: Path) -> Result:
         generation = int(confirmed["generation"])
         wanted = state.read_ruleset(generation)
         the_plan = converge(nft, state, wanted, (generation, "ruleset"))
+        changes = the_plan.changes + _restore_sysctls(_sysctl_record(state, generation).get("wanted", {}))
         state.data["applied"] = {**confirmed}
         state.data["pending"] = None
         state.save()
         return Result(
-            {"generation": generation, "changes": the_plan.changes},
-            [f"restored generation {generation}", *_change_lines(the_plan.changes)],
+            {"generation": generation, "changes": changes},
+            [f"restored generation {generation}", *_change_lines(changes)],
         )
 
 

@@ -21,6 +21,7 @@ class Decision:
     reason: str
     rule: str | None = None
     door: str | None = None  # a knock/SPA door that can open it
+    action: str = "accept"  # accept | drop | reject: what the client sees (reject: a reset or ICMP error)
 
 
 def interface_matches(pattern: str | None, interface: str | None) -> bool | None:
@@ -43,7 +44,7 @@ def inbound_decision(
         return Decision(True, "loopback is always admitted")
     blocked = loaded.blocked(family, address)
     if blocked:
-        return Decision(False, f"{source} is in [block] ({format_interval(family, *blocked)})")
+        return Decision(False, f"{source} is in [block] ({format_interval(family, *blocked)})", action="drop")
     for rule in policy.inbound:
         if rule.ports is not None and not any(
             spec.proto == proto and spec.first <= port <= spec.last for spec in map(parse_port_spec, rule.ports)
@@ -60,7 +61,7 @@ def inbound_decision(
             continue
         if rule.action == "accept":
             return Decision(True, f"inbound rule {rule.name!r}", rule.name)
-        return Decision(False, f"inbound rule {rule.name!r} says {rule.action}", rule.name)
+        return Decision(False, f"inbound rule {rule.name!r} says {rule.action}", rule.name, action=rule.action)
     door = next(
         (
             f"{kind} {item.name!r}"
@@ -75,4 +76,4 @@ def inbound_decision(
     reason = f"no rule admits it and the default is {policy.defaults.inbound}"
     if door:
         reason += f" (only {door} can open it)"
-    return Decision(False, reason, door=door)
+    return Decision(False, reason, door=door, action=policy.defaults.inbound)
