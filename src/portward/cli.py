@@ -444,6 +444,38 @@ def verify(
     run(ctx, json_output, action)
 
 
+# ------------------------------------------------------------------------------------------ knocking
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("ports", nargs=-1, required=True)
+@click.option("-d", "--delay", "delay_ms", type=click.IntRange(0), default=0, help="Milliseconds between knocks.")
+@click.option("-u", "--udp", is_flag=True, help="Knock with UDP unless a port says :tcp.")
+@click.option("-4", "ipv4", is_flag=True, help="Use IPv4.")
+@click.option("-6", "ipv6", is_flag=True, help="Use IPv6.")
+@click.option("-v", "--verbose", is_flag=True, help="Say each knock.")
+@json_option
+@click.pass_context
+def knock(
+    ctx: click.Context, host: str, ports: tuple[str, ...], delay_ms: int, udp: bool, ipv4: bool, ipv6: bool,
+    verbose: bool, json_output: bool,
+) -> None:
+    """Knock client with knockd's `knock` syntax: PORT[:tcp|udp]…"""
+
+    def action() -> Any:
+        from portward.daemons.knock_client import knock as send
+        from portward.daemons.knock_client import parse_knocks
+        from portward.ops.engine import Result
+
+        knocks = parse_knocks(list(ports), "udp" if udp else "tcp")
+        address, _last = send(host, knocks, delay_ms=delay_ms, family=4 if ipv4 else 6 if ipv6 else None)
+        lines = [f"hitting {k.proto} {address}:{k.port}" for k in knocks] if verbose else []
+        return Result({"host": host, "address": address, "knocks": [f"{k.port}/{k.proto}" for k in knocks]}, lines)
+
+    run(ctx, json_output, action)
+
+
 def main() -> None:
     cli(prog_name="portward")
 

@@ -47,9 +47,13 @@ def _legacy_trivial(items: list[Json]) -> bool:
 
 
 def collect(listing: list[Json]) -> LiveRuleset:
-    from portward.dialects.iptables import parse_save
     from portward.errors import PortwardError
     from portward.kernel import iptables
+
+    def parse_save(text: str, family: int, source: str) -> list[Json]:
+        from portward.dialects.iptables import parse_save as parse  # only when iptables rules are there
+
+        return parse(text, family, source=source)
 
     tables = [(item["table"]["family"], item["table"]["name"]) for item in listing if "table" in item]
     out: list[Json] = []

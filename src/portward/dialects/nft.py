@@ -14,11 +14,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from portward.policy.addresses import Net, format_address, merge, merge_ports, prefix_length
+from portward.policy.addresses import (
+    Net,
+    PortRange,
+    format_address,
+    merge,
+    merge_ports,
+    parse_port_spec,
+    prefix_length,
+)
 from portward.policy.model import rate_parts
 
 if TYPE_CHECKING:
-    from portward.policy.model import InboundRule, OutboundRule, Policy
+    from portward.policy.model import InboundRule, KnockDoor, OutboundRule, Policy
     from portward.policy.toml import LoadedPolicy
 
 TABLE = "portward"
@@ -41,6 +49,7 @@ ICMPV6_ESSENTIAL = [
 ]
 RATE_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 METER_SIZE = 65535  # bounded state: at most this many sources tracked per rate-limited rule
+DOOR_SIZE = 65535  # bounded state per knock stage: a flood of sources cannot grow it further
 
 Json = dict[str, Any]
 
@@ -347,9 +356,83 @@ class Compiler:
                     _limit(20, "second", 50),
                     {"accept": None},
                 )
+        for door in self.policy.knock:
+            self._knock_door(door)
         for rule in self.policy.inbound:
             self._traffic_rule("input", "inbound", rule, "saddr", "iifname")
         self._final("input", defaults.inbound, defaults.log_denied)
+
+    # knock doors ----------------------------------------------------------------------------------
+
+    def _knock_door(self, door: KnockDoor) -> None:
+        """A knockd-style door evaluated by the kernel alone.
+
+        Per family: stage sets S1..S(n-1) of sources that knocked the first k ports, and a grant set whose
+        elements time out after `open_for`.  Every element is added from the packet path with the set's
+        timeout, so no process has to stay alive to close the door.  S1 is added once (`add` never refreshes
+        a timeout) and every later stage also requires S1: the whole sequence must fit in `seq_timeout`.
+        A new packet from a source in progress that is neither the next knock nor a repeat of the current one
+        deletes it from every stage, so a wrong order or a sequential sweep never opens anything.
+        """
+        is_any, nets = self.policy.resolve(door.from_)
+        nets = tuple(net for net in merge(nets) if not _is_loopback(net))
+        knocks = [parse_port_spec(spec) for spec in door.sequence]
+        opened = merge_ports(parse_port_spec(spec) for spec in door.open)
+        base = f"knock_{_ident(door.name)}"
+        iface: list[Json] = [_match(_meta("iifname"), door.interface)] if door.interface else []
+        for family in (4, 6):
+            source: list[Json] = []
+            if not is_any:
+                if not any(net.family == family for net in nets):
+                    continue
+                source = [_match(_addr_payload(family, "saddr"), f"@{self.address_set(base + '_from', family, nets)}")]
+            saddr = _addr_payload(family, "saddr")
+            stages = [f"{base}_s{k}_v{family}" for k in range(1, len(knocks))]
+            grant = f"{base}_open_v{family}"
+            for name, timeout in [*((stage, door.seq_timeout) for stage in stages), (grant, door.open_for)]:
+                self.out.sets[name] = SetSpec(
+                    name, "ipv4_addr" if family == 4 else "ipv6_addr", ("timeout",), timeout=timeout, size=DOOR_SIZE
+                )
+            chain = f"{base}_v{family}"
+            self.out.chains[chain] = ChainSpec(chain)
+            comment = f"knock {door.name}"
+            for proto, spans in opened.items():
+                self._rule(
+                    "input", f"{comment} open", *iface, _match(saddr, f"@{grant}"),
+                    _match(_payload(proto, "dport"), _ports_right(spans)), {"accept": None},
+                )
+            self._rule(
+                "input", comment, *iface, *source, _match(_meta("nfproto"), "ipv4" if family == 4 else "ipv6"),
+                _ct_state(["new"]), {"jump": {"target": chain}},
+            )
+
+            self._knock_chain(chain, comment, saddr, knocks, stages, grant)
+
+    def _knock_chain(
+        self, chain: str, comment: str, saddr: Json, knocks: list[PortRange], stages: list[str], grant: str
+    ) -> None:
+        def member(name: str) -> Json:
+            return _match(saddr, f"@{name}")
+
+        def knock(index: int) -> list[Json]:
+            spec = knocks[index]
+            out = [_match(_payload(spec.proto, "dport"), spec.first)]
+            if spec.proto == "tcp":  # only a connection's first SYN is a knock (knockd's tcpflags = syn)
+                out.append(_match({"&": [_payload("tcp", "flags"), ["fin", "syn", "rst", "ack"]]}, "syn"))
+            return out
+
+        def dynset(op: str, name: str) -> Json:
+            return {"set": {"op": op, "elem": saddr, "set": f"@{name}"}}
+
+        reset = [dynset("delete", name) for name in stages]
+        for k in range(len(stages), 0, -1):  # deepest stage first: one packet advances one stage
+            within = [member(stages[0])] + ([member(stages[k - 1])] if k > 1 else [])
+            advance = [dynset("update", grant), *reset] if k == len(stages) else [dynset("add", stages[k])]
+            self._rule(chain, f"{comment} stage {k + 1}", *within, *knock(k), *advance, {"return": None})
+            self._rule(chain, f"{comment} repeat {k}", *within, *knock(k - 1), {"return": None})
+            self._rule(chain, f"{comment} wrong {k}", member(stages[k - 1]), *reset)
+        first = [dynset("add", stages[0])] if stages else [dynset("update", grant)]
+        self._rule(chain, f"{comment} stage 1", *knock(0), *first, {"return": None})
 
     def _output(self) -> None:
         defaults = self.policy.defaults
@@ -551,6 +634,9 @@ def _value_text(value: Any) -> str:
             return f"meta {value['meta']['key']}"
         if "ct" in value:
             return f"ct {value['ct']['key']}"
+        if "&" in value:
+            base, mask = value["&"]
+            return f"{_value_text(base)} & ({'|'.join(mask) if isinstance(mask, list) else mask})"
     if isinstance(value, list):
         return ",".join(_value_text(item) for item in value)
     return str(value)
@@ -575,7 +661,10 @@ def _expr_text(expr: Json) -> str:
         return "reject with tcp reset" if reject.get("type") == "tcp reset" else f"reject with icmpx {reject['expr']}"
     if "set" in expr:
         update = expr["set"]
-        inner = " ".join(_expr_text(stmt) for stmt in update["stmt"])
-        return f"update {update['set']} {{ {_value_text(update['elem'])} {inner} }}"
+        inner = "".join(" " + _expr_text(stmt) for stmt in update.get("stmt", []))
+        return f"{update['op']} {update['set']} {{ {_value_text(update['elem'])}{inner} }}"
+    if "jump" in expr or "goto" in expr:
+        (verdict,) = expr.keys()
+        return f"{verdict} {expr[verdict]['target']}"
     (verdict,) = expr.keys()
     return str(verdict)
