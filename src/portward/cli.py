@@ -122,8 +122,8 @@ def check(ctx: click.Context, policy: str, json_output: bool) -> None:
 
     def action() -> Any:
         from portward.dialects.nft import compile_policy
-        from portward.ops.engine import Result
         from portward.policy.toml import load_policy
+        from portward.result import Result
 
         loaded = load_policy(policy)
         ruleset = compile_policy(loaded)
@@ -254,9 +254,9 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
 
     def action() -> Any:
         from portward.dialects.nft import compile_policy, render_text
-        from portward.ops.engine import Result
         from portward.ops.state import write_atomic
         from portward.policy.toml import load_policy
+        from portward.result import Result
 
         loaded = load_policy(policy)
         if fmt == "sysctl":
@@ -295,13 +295,14 @@ def audit(
     ctx: click.Context, policy: str | None, profile: str | None, html_file: str | None, root: str, json_output: bool
 ) -> None:
     """What listens, who can reach it (live ruleset), sysctls, other firewalls, legacy configs."""
+    as_json = json_output or ctx.obj.json_output
 
     def action() -> Any:
         from portward.audit.report import render, run_audit
-        from portward.ops.engine import Result
+        from portward.result import Result
 
         document = run_audit(policy, root=Path(root), profile=profile)
-        lines: list[Any] = render(document)
+        lines: list[Any] = [] if as_json else render(document)
         if html_file:
             try:
                 from portward.report.html import write_report  # type: ignore[import-not-found, unused-ignore]
@@ -326,16 +327,14 @@ def init(ctx: click.Context, lan: tuple[str, ...], output: str | None, force: bo
     """Propose a policy from what listens: ssh to any, the rest to localhost + LAN."""
 
     def action() -> Any:
-        import subprocess
-
         from portward.audit.init import private_networks, propose
         from portward.audit.report import run_audit
         from portward.errors import InputError
         from portward.kernel import sysctl
-        from portward.ops.engine import Result
         from portward.ops.state import write_atomic
         from portward.policy.addresses import parse_net
         from portward.policy.toml import load_policy_text
+        from portward.result import Result
 
         for cidr in lan:
             try:
@@ -345,8 +344,9 @@ def init(ctx: click.Context, lan: tuple[str, ...], output: str | None, force: bo
         document = run_audit(None)
         networks = list(lan)
         if not networks:
-            done = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, check=False)
-            networks = private_networks(json.loads(done.stdout or "[]"))
+            from portward.kernel.links import addresses
+
+            networks = private_networks(addresses())
         forwarding = sysctl.read("net.ipv4.ip_forward") == "1" or any(
             manager["name"] == "docker" for manager in document["firewalls"]
         )
@@ -384,7 +384,7 @@ def scan(
     as_json = json_output or ctx.obj.json_output
 
     def action() -> Any:
-        from portward.ops.engine import Result
+        from portward.result import Result
         from portward.verify.scan import parse_ports
         from portward.verify.scan import scan as do_scan
 
@@ -427,8 +427,8 @@ def verify(
     as_json = json_output or ctx.obj.json_output
 
     def action() -> Any:
-        from portward.ops.engine import Result
         from portward.policy.toml import load_policy
+        from portward.result import Result
         from portward.verify.scan import parse_ports
         from portward.verify.verify import verify as do_verify
 
@@ -466,7 +466,7 @@ def knock(
     def action() -> Any:
         from portward.daemons.knock_client import knock as send
         from portward.daemons.knock_client import parse_knocks
-        from portward.ops.engine import Result
+        from portward.result import Result
 
         knocks = parse_knocks(list(ports), "udp" if udp else "tcp")
         address, _last = send(host, knocks, delay_ms=delay_ms, family=4 if ipv4 else 6 if ipv6 else None)

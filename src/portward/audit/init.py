@@ -11,28 +11,27 @@ import json
 import os
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from portward.kernel.links import Address
 
 Json = dict[str, Any]
 SSH_NAMES = ("sshd", "ssh", "dropbear")
 NAME_CLEAN = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def private_networks(links: list[Json]) -> list[str]:
+def private_networks(addresses: list[Address]) -> list[str]:
     """Directly connected networks that are not globally routable (RFC 1918, ULA, 198.18/15, …)."""
     found: list[str] = []
-    for link in links:
-        if link.get("ifname") == "lo":
+    for item in addresses:
+        if item.interface == "lo":
             continue
-        for info in link.get("addr_info", []):
-            try:
-                network = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network
-            except (KeyError, ValueError):
-                continue
-            if network.is_global or network.is_link_local or network.is_loopback or network.is_multicast:
-                continue
-            if str(network) not in found:
-                found.append(str(network))
+        network = ipaddress.ip_interface(f"{item.address}/{item.prefixlen}").network
+        if network.is_global or network.is_link_local or network.is_loopback or network.is_multicast:
+            continue
+        if str(network) not in found:
+            found.append(str(network))
     return found
 
 

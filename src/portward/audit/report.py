@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portward.audit import spans as sp
-from portward.audit.exposure import REMOTE, Answer, Classes, Evaluator, Question, Ruleset
+from portward.audit.exposure import REMOTE, Classes, Evaluator, Question, Ruleset
 from portward.policy.addresses import Net, format_interval, parse_address, to_cidrs
 
 if TYPE_CHECKING:
@@ -32,23 +31,14 @@ class Host:
 
     @classmethod
     def read(cls) -> Host:
-        """Interfaces and addresses of the current network namespace (`ip -j addr`: one netlink dump)."""
-        try:
-            done = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10, check=True)
-            links = json.loads(done.stdout or "[]")
-        except (OSError, subprocess.SubprocessError, ValueError):
-            links = [{"ifname": name} for _index, name in socket.if_nameindex()]
-        interfaces: list[str] = []
+        """Interfaces and addresses of the current network namespace (one rtnetlink dump)."""
+        from portward.kernel.links import addresses as read_addresses
+
+        interfaces = sorted(name for _index, name in socket.if_nameindex() if name != "lo")
         addresses: dict[int, list[tuple[str, int]]] = {4: [], 6: []}
-        for link in links:
-            name = link.get("ifname", "")
-            if not name or name == "lo":
-                continue
-            interfaces.append(name)
-            for info in link.get("addr_info", []):
-                family = 4 if info.get("family") == "inet" else 6 if info.get("family") == "inet6" else 0
-                if family:
-                    addresses[family].append((name, parse_address(info["local"])[1]))
+        for item in read_addresses():
+            if item.interface != "lo":
+                addresses[item.family].append((item.interface, parse_address(item.address)[1]))
         return cls(interfaces, addresses)
 
 
@@ -72,7 +62,17 @@ def _is_loopback(family: int, address: int) -> bool:
 
 def socket_scope(listener: Listener) -> tuple[str, int, int]:
     """(scope, family, address as an integer; v4-mapped v6 addresses count as v4)."""
-    family, address = parse_address(listener.address)
+    known = _SCOPES.get(listener.address)
+    if known is None:
+        known = _SCOPES[listener.address] = _scope_of(listener.address)
+    return known
+
+
+_SCOPES: dict[str, tuple[str, int, int]] = {}
+
+
+def _scope_of(text: str) -> tuple[str, int, int]:
+    family, address = parse_address(text)
     if family == 6 and address >> 32 == 0xFFFF:
         family, address = 4, address & 0xFFFFFFFF
     if address == 0:
@@ -100,6 +100,10 @@ class ExposureCalculator:
     def __init__(self, ruleset: Ruleset, host: Host) -> None:
         self.host = host
         self.evaluator = Evaluator(ruleset, host.interfaces)
+        self._daddrs = {family: sorted({a for _i, a in host.addresses[family]}) or [0] for family in (4, 6)}
+        # sockets whose answers are the same objects get the same Exposure: 8,000 sockets on a port range
+        # that one answer covers are classified once
+        self._classified: dict[tuple[Any, ...], list[tuple[int, int, Exposure]]] = {}
 
     def admitted(self, listener: Listener) -> tuple[str, dict[int, Classes], list[str], list[str]]:
         scope, family, address = socket_scope(listener)
@@ -109,10 +113,10 @@ class ExposureCalculator:
         unknown: list[str] = []
         diverted: list[str] = []
         for fam in socket_families(listener, family, scope):
-            daddrs = [address] if scope != "any" else sorted({a for _i, a in self.host.addresses[fam]}) or [0]
+            daddrs = [address] if scope != "any" else self._daddrs[fam]
             classes: Classes = {}
             for daddr in daddrs:
-                answer: Answer = self.evaluator.answer(Question(fam, listener.proto, listener.port, daddr))
+                answer = self.evaluator.answer(Question(fam, listener.proto, listener.port, daddr))
                 for iface, sources in answer.admitted.items():
                     classes[iface] = sp.union(classes.get(iface, sp.EMPTY), sources)
                 unknown += [u for u in answer.unknown if u not in unknown]
@@ -123,6 +127,25 @@ class ExposureCalculator:
         return scope, per_family, unknown, diverted
 
     def exposure(self, listener: Listener) -> Exposure:
+        """Cached per (proto, address, families, interface) and port range: one evaluation answers every port
+        of a range the ruleset treats alike, so 8,000 sockets cost a handful of evaluations."""
+        key = (listener.proto, listener.address, listener.v6only, listener.interface)
+        ranges = self._classified.setdefault(key, [])
+        for low, high, cached in ranges:
+            if low <= listener.port <= high:
+                return cached
+        scope, family, address = socket_scope(listener)
+        low, high = 0, 65535
+        if scope != "loopback":
+            for fam in socket_families(listener, family, scope):
+                for daddr in [address] if scope != "any" else self._daddrs[fam]:
+                    answer = self.evaluator.answer(Question(fam, listener.proto, listener.port, daddr))
+                    low, high = max(low, answer.port_range[0]), min(high, answer.port_range[1])
+        result = self._exposure(listener)
+        ranges.append((low, high, result))
+        return result
+
+    def _exposure(self, listener: Listener) -> Exposure:
         scope, per_family, unknown, diverted = self.admitted(listener)
         if scope == "loopback":
             return Exposure("local", ["localhost"], {})

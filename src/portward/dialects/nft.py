@@ -23,7 +23,6 @@ from portward.policy.addresses import (
     parse_port_spec,
     prefix_length,
 )
-from portward.policy.model import rate_parts
 
 if TYPE_CHECKING:
     from portward.policy.model import InboundRule, KnockDoor, OutboundRule, Policy
@@ -505,6 +504,8 @@ class Compiler:
                     for meter_family, meter_name in head_meter:
                         # no explicit `meta nfproto`: nft adds it as the dependency of `ip saddr` in
                         # the update statement, and lists the rule without it
+                        from portward.policy.model import rate_parts
+
                         count, unit, burst = rate_parts(rule.rate)
                         self._rule(
                             chain,
@@ -534,6 +535,8 @@ class Compiler:
         self, section: str, rule: InboundRule | OutboundRule, family: int | None, direction: str
     ) -> list[tuple[int, str]]:
         assert rule.rate is not None
+        from portward.policy.model import rate_parts
+
         _count, unit, _burst = rate_parts(rule.rate)
         timeout = max(60, RATE_SECONDS[unit])
         out = []

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,9 @@ from portward.ops.plan import Plan, diff
 from portward.ops.state import State, write_atomic
 from portward.policy.sysctls import wanted as sysctl_wanted
 from portward.policy.toml import LoadedPolicy, load_policy
+from portward.result import Result
 
 Json = dict[str, Any]
-
-
-@dataclass
-class Result:
-    """What a command did; `--json` prints `data`, people get `lines`."""
-
-    data: Json
-    lines: list[str] = field(default_factory=list)
-    exit_code: int = 0
 
 
 # ------------------------------------------------------------------------------------- live state

@@ -9,8 +9,10 @@ configure IPv6 statically) and `rp_filter` on routers with asymmetric paths (ove
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from portward.policy.model import Sysctl
+if TYPE_CHECKING:
+    from portward.policy.model import Sysctl
 
 
 @dataclass(frozen=True)
