@@ -99,3 +99,19 @@ def test_sequential_sweep_opens_nothing(lab: Lab, tmp_path: Path) -> None:
     assert ssh(lab, "lan", SRV_LAN4) == "filtered"
     knock(lab, "lan", SRV_LAN4, "7000", "8000", "9000")
     assert ssh(lab, "lan", SRV_LAN4) == "open"
+
+
+def test_status_lists_grants_and_a_reapply_keeps_them(lab: Lab, tmp_path: Path) -> None:
+    lab.listen("srv", ["22/tcp"])
+    pw = Portward(lab, tmp_path / "state")
+    policy = write(tmp_path / "p.toml", POLICY.replace("open_for = 2", "open_for = 60"))
+    pw.ok("apply", "-p", str(policy), "--yes")
+    knock(lab, "lan", SRV_LAN4, "7000", "9000", "8000:udp")
+    grants = pw.json("status")["grants"]
+    assert [(g["kind"], g["door"], g["source"]) for g in grants] == [("knock", "ssh", "198.18.0.2")]
+    assert 50 < grants[0]["expires_in"] <= 60
+    # a structural change elsewhere in the policy must not close an open door
+    policy.write_text(policy.read_text() + '\n[[inbound]]\nname = "web"\nports = ["80/tcp"]\nfrom = ["any"]\n')
+    pw.ok("apply", "-p", str(policy), "--yes")
+    assert ssh(lab, "lan", SRV_LAN4) == "open"
+    assert pw.json("status")["grants"][0]["source"] == "198.18.0.2"

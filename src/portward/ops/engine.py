@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -446,8 +447,12 @@ def status(state_dir: Path) -> Result:
     pending = state.data.get("pending")
     confirmed = state.data.get("confirmed")
     in_kernel: bool | None
+    grants: list[Json] = []
     try:
-        in_kernel = Nft().table_exists()
+        nft = Nft()
+        in_kernel = nft.table_exists()
+        if in_kernel and applied:
+            grants = door_grants(nft, state.read_ruleset(int(applied["generation"])))
     except PortwardError:
         in_kernel = None
     data: Json = {
@@ -455,7 +460,7 @@ def status(state_dir: Path) -> Result:
         "confirmed": _public(confirmed),
         "pending": None,
         "table_present": in_kernel,
-        "grants": [],
+        "grants": grants,
     }
     lines = []
     if applied:
@@ -474,9 +479,42 @@ def status(state_dir: Path) -> Result:
         lines.append(f"pending: generation {pending['generation']} rolls back in {left:.0f}s unless confirmed")
     if confirmed:
         lines.append(f"confirmed: generation {confirmed['generation']}")
+    for grant in grants:
+        lines.append(
+            f"open: {grant['kind']} door {grant['door']!r} for {grant['source']} ({grant['expires_in']}s left)"
+        )
     if in_kernel is False and applied:
         lines.append(f"warning: table {FAMILY} {TABLE} is not in the kernel — run `portward restore`")
     return Result(data, lines)
+
+
+GRANT_SET = re.compile(r"^(knock|spa)_(.+)_open_v[46]$")
+
+
+def door_grants(nft: Nft, ruleset: Ruleset | None) -> list[Json]:
+    """Sources a knock or SPA door has let in, with the seconds the kernel still keeps them.
+
+    Only the door sets are listed (by the names the applied ruleset gives), never a 100k-element block set."""
+    if ruleset is None:
+        return []
+    grants: list[Json] = []
+    for name in sorted(ruleset.sets):
+        match = GRANT_SET.match(name)
+        if not match:
+            continue
+        try:
+            listing = nft.run([{"list": {"set": {"family": FAMILY, "table": TABLE, "name": name}}}])
+        except PortwardError:
+            continue
+        for item in listing:
+            for element in item.get("set", {}).get("elem", []):
+                body = element.get("elem", {}) if isinstance(element, dict) else {}
+                value = body.get("val", element)
+                grants.append(
+                    {"kind": match.group(1), "door": match.group(2), "source": value,
+                     "expires_in": body.get("expires")}
+                )
+    return grants
 
 
 def _public(entry: Json | None) -> Json | None:
