@@ -216,11 +216,26 @@ def difference(live: dict[int, Classes], intended: dict[int, Classes]) -> tuple[
     return extra[:8], missing[:8]
 
 
-def policy_listing(loaded: LoadedPolicy) -> list[Json]:
-    """The policy compiled, as the listing `nft -j` would show once it is applied (and nothing else is)."""
-    from portward.dialects.nft import compile_policy
+def policy_listing(loaded: LoadedPolicy, live: list[Json] | None = None) -> list[Json]:
+    """The policy compiled, as the listing `nft -j` would show once it is applied (and nothing else is).
 
-    return [command["add"] for command in compile_policy(loaded).create_commands() if "add" in command]
+    Sets whose contents belong to the kernel (door grants, knock stages, meters) take the live elements:
+    a source that knocked is let in by the policy's own design, not a disagreement."""
+    from portward.dialects.nft import FAMILY, TABLE, compile_policy
+
+    ruleset = compile_policy(loaded)
+    listing = [command["add"] for command in ruleset.create_commands() if "add" in command]
+    dynamic = {name for name, spec in ruleset.sets.items() if spec.elements is None}
+    live_sets = {
+        item["set"]["name"]: item["set"]
+        for item in live or []
+        if "set" in item and (item["set"]["family"], item["set"]["table"]) == (FAMILY, TABLE)
+    }
+    for item in listing:
+        body = item.get("set")
+        if body and body["name"] in dynamic and body["name"] in live_sets:
+            body["elem"] = live_sets[body["name"]].get("elem", [])
+    return listing
 
 
 # --------------------------------------------------------------------------------------- sysctls
@@ -339,7 +354,7 @@ def run_audit(policy_path: str | None, *, root: Path = Path("/"), profile: str |
     host = Host.read()
     live = collect(Nft().list_ruleset())
     calculator = ExposureCalculator(Ruleset(live.listing), host)
-    intended = ExposureCalculator(Ruleset(policy_listing(loaded)), host) if loaded is not None else None
+    intended = ExposureCalculator(Ruleset(policy_listing(loaded, live.listing)), host) if loaded else None
     sockets = []
     for listener in listeners:
         scope, _family, _address = socket_scope(listener)
