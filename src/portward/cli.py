@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -440,6 +441,55 @@ def verify(
                 loaded, target, ports=ports, udp=udp, full=full, interface=interface, progress=update
             )
         return Result(data, lines, code)
+
+    run(ctx, json_output, action)
+
+
+IMPORT_SOURCES = ["iptables-save", "knockd", "hosts", "fwknop"]
+
+
+@cli.command("import")
+@click.option("--from", "source", type=click.Choice(IMPORT_SOURCES), required=True, help="What FILE is.")
+@click.argument("files", nargs=-1, required=True)
+@click.option("-o", "--output", metavar="OUT", help="Write the policy here instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+@json_option
+@click.pass_context
+def import_(ctx: click.Context, source: str, files: tuple[str, ...], output: str | None, force: bool,
+            json_output: bool) -> None:
+    """Turn another tool's configuration into a policy (iptables-save: v4 and v6 files together)."""
+
+    def action() -> Any:
+        from portward.errors import InputError, PortwardError
+        from portward.ops.state import write_atomic
+        from portward.policy.toml import load_policy_text
+        from portward.result import Result
+
+        if source != "iptables-save":
+            raise PortwardError(f"import --from {source} is not available in this version yet")
+        from portward.dialects.from_rules import from_listing, merge, to_toml
+        from portward.dialects.iptables import parse_save
+
+        parts = []
+        for name in files:
+            try:
+                text = Path(name).read_text()
+            except OSError as error:
+                raise InputError(f"{name}: cannot read it: {error.strerror} — check the path") from None
+            # ip6tables-save files have IPv6 addresses or say so in their header
+            family = 6 if "ip6tables" in text.split("\n", 1)[0] or re.search(r" -[sd] [0-9a-f]*:", text) else 4
+            parts.append(from_listing(parse_save(text, family, source=name), name))
+        imported = merge(parts)
+        text = to_toml(imported, list(files))
+        load_policy_text(text, output or "<import>")  # what we write must pass `check`
+        data: Json = {"policy": text, "notes": imported.notes, "rules": len(imported.rules), "file": output}
+        if output:
+            target = Path(output)
+            if target.exists() and not force:
+                raise InputError(f"{output} exists — choose another file or add --force")
+            write_atomic(target, text)
+            return Result(data, [*(f"note: {n}" for n in imported.notes), f"wrote {output}"])
+        return Result(data, [text.rstrip("\n")])
 
     run(ctx, json_output, action)
 
