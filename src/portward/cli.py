@@ -241,7 +241,7 @@ def restore(ctx: click.Context, json_output: bool) -> None:
     run(ctx, json_output, lambda: engine.restore(ctx.obj.state_dir))
 
 
-EXPORT_FORMATS = ["nft", "sysctl"]
+EXPORT_FORMATS = ["nft", "sysctl", "systemd"]
 
 
 @cli.command()
@@ -260,24 +260,34 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
         from portward.result import Result
 
         loaded = load_policy(policy)
+        notes: list[str] = []
         if fmt == "sysctl":
             from portward.dialects import sysctl
 
-            text = sysctl.render(loaded.policy, os.path.abspath(policy))
-            files = {sysctl.DROP_IN: text}
+            files = {sysctl.DROP_IN: sysctl.render(loaded.policy, os.path.abspath(policy))}
+        elif fmt == "systemd":
+            from portward.dialects import systemd
+
+            files, notes = systemd.render(loaded.policy, Path(root or "/"))
         else:
-            text = render_text(compile_policy(loaded))
-            files = {"etc/portward/portward.nft": text}
+            files = {"etc/portward/portward.nft": render_text(compile_policy(loaded))}
+        note_lines = [f"note: {note}" for note in notes]
         if root:
             for relative, content in files.items():
                 target = Path(root) / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(target, content)
             return Result(
-                {"format": fmt, "files": [str(Path(root) / name) for name in files]},
-                [f"wrote {Path(root) / name}" for name in files],
+                {"format": fmt, "files": [str(Path(root) / name) for name in files], "notes": notes},
+                [*note_lines, *(f"wrote {Path(root) / name}" for name in files)],
             )
-        return Result({"format": fmt, "files": [], "text": text}, [text.rstrip("\n")])
+        if len(files) == 1 and fmt != "systemd":
+            text = next(iter(files.values()))
+        else:
+            text = "".join(f"# --- /{name}\n{content}" for name, content in files.items())
+        return Result(
+            {"format": fmt, "files": [], "text": text, "notes": notes}, [*note_lines, text.rstrip("\n")]
+        )
 
     run(ctx, json_output, action)
 
