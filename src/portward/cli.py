@@ -241,7 +241,7 @@ def restore(ctx: click.Context, json_output: bool) -> None:
     run(ctx, json_output, lambda: engine.restore(ctx.obj.state_dir))
 
 
-EXPORT_FORMATS = ["nft", "sysctl", "systemd"]
+EXPORT_FORMATS = ["nft", "sysctl", "systemd", "hosts"]
 
 
 @cli.command()
@@ -265,6 +265,10 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
             from portward.dialects import sysctl
 
             files = {sysctl.DROP_IN: sysctl.render(loaded.policy, os.path.abspath(policy))}
+        elif fmt == "hosts":
+            from portward.dialects import hosts
+
+            files, notes = hosts.render(loaded.policy, os.path.abspath(policy))
         elif fmt == "systemd":
             from portward.dialects import systemd
 
@@ -281,7 +285,7 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
                 {"format": fmt, "files": [str(Path(root) / name) for name in files], "notes": notes},
                 [*note_lines, *(f"wrote {Path(root) / name}" for name in files)],
             )
-        if len(files) == 1 and fmt != "systemd":
+        if len(files) == 1 and fmt not in ("systemd", "hosts"):
             text = next(iter(files.values()))
         else:
             text = "".join(f"# --- /{name}\n{content}" for name, content in files.items())
