@@ -540,6 +540,33 @@ def knock(
     run(ctx, json_output, action)
 
 
+@cli.command()
+@click.option("-c", "--config", default="/etc/knockd.conf", show_default=True, metavar="FILE", help="knockd.conf.")
+@click.option("-p", "--policy", metavar="FILE", help="A policy: its [[knock]] doors are kernel doors (see below).")
+@click.option("-i", "--interface", metavar="IF", help="Listen on this interface only [all].")
+@click.option("--json-log", is_flag=True, help="One JSON object per line instead of knockd's log lines.")
+@json_option
+@click.pass_context
+def knockd(
+    ctx: click.Context, config: str, policy: str | None, interface: str | None, json_log: bool, json_output: bool
+) -> None:
+    """knockd-compatible door daemon for knockd.conf commands (all interfaces, v4+v6, NFLOG capture, no shell)."""
+    if policy is not None:
+        from portward.errors import InputError
+
+        def refuse() -> Any:
+            raise InputError(
+                f"{policy}: a policy's [[knock]] doors need no daemon — `portward apply -p {policy}` puts them in the "
+                "kernel; `portward knockd -c knockd.conf` serves knockd.conf doors that run commands"
+            )
+
+        run(ctx, json_output, refuse)
+    from portward.daemons.knockd import main as knockd_main
+
+    argv = ["-c", config] + (["-i", interface] if interface else []) + (["--json-log"] if json_log else [])
+    sys.exit(knockd_main(argv))
+
+
 def main() -> None:
     cli(prog_name="portward")
 
