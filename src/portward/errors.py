@@ -46,8 +46,10 @@ class Problem:
         return {"file": self.file, "line": self.line, "key": self.key, "message": self.message}
 
 
-class PolicyError(InputError):
-    """Every problem found in a policy, each at FILE:LINE: key."""
+class ProblemsError(InputError):
+    """Every problem found in one input, each at FILE:LINE: key; subclasses name the kind of input."""
+
+    what = "invalid input"
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
@@ -58,7 +60,13 @@ class PolicyError(InputError):
 
     def as_json(self) -> dict[str, object]:
         return {
-            "error": "invalid policy",
+            "error": self.what,
             "exit_code": self.exit_code,
             "problems": [problem.as_json() for problem in self.problems],
         }
+
+
+class PolicyError(ProblemsError):
+    """Every problem found in a policy."""
+
+    what = "invalid policy"

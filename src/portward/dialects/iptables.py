@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from portward.errors import InputError, Problem
+from portward.errors import Problem, ProblemsError
 
 Json = dict[str, Any]
 
@@ -42,22 +42,10 @@ FAMILY_NAMES = {4: "ip", 6: "ip6"}
 MAX_PROBLEMS = 20  # a file that is not iptables-save text at all gets a short report, not one line per line
 
 
-class IptablesSaveError(InputError):
+class IptablesSaveError(ProblemsError):
     """Every problem found in iptables-save text, each at FILE:LINE: key."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(problem) for problem in problems))
-
-    def lines(self) -> list[str]:
-        return [str(problem) for problem in self.problems]
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "error": "invalid iptables-save input",
-            "exit_code": self.exit_code,
-            "problems": [problem.as_json() for problem in self.problems],
-        }
+    what = "invalid iptables-save input"
 
 
 class _Bad(Exception):

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple, TypeVar
 
-from portward.errors import InputError, Problem
+from portward.errors import InputError, Problem, ProblemsError
 
 __all__ = [
     "CMD_TIMEOUT_DEFAULT",
@@ -151,22 +151,10 @@ class OneTimeSequence:
     sequence: tuple[KnockPort, ...]
 
 
-class KnockdConfigError(InputError):
+class KnockdConfigError(ProblemsError):
     """Every problem found in a knockd.conf (or one-time sequence file), each at FILE:LINE: key."""
 
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(problem) for problem in problems))
-
-    def lines(self) -> list[str]:
-        return [str(problem) for problem in self.problems]
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "error": "invalid knockd configuration",
-            "exit_code": self.exit_code,
-            "problems": [problem.as_json() for problem in self.problems],
-        }
+    what = "invalid knockd configuration"
 
 
 class _Bad(Exception):
