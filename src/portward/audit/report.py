@@ -101,14 +101,19 @@ class ExposureCalculator:
         self.host = host
         self.evaluator = Evaluator(ruleset, host.interfaces)
         self._daddrs = {family: sorted({a for _i, a in host.addresses[family]}) or [0] for family in (4, 6)}
-        # sockets whose answers are the same objects get the same Exposure: 8,000 sockets on a port range
-        # that one answer covers are classified once
+        # (proto, address, v6only, interface) -> [(low port, high port, Exposure)]: one evaluation answers every
+        # port of a range the ruleset treats alike, so 8,000 sockets cost a handful of evaluations
         self._classified: dict[tuple[Any, ...], list[tuple[int, int, Exposure]]] = {}
 
-    def admitted(self, listener: Listener) -> tuple[str, dict[int, Classes], list[str], list[str]]:
+    def admitted(
+        self, listener: Listener
+    ) -> tuple[str, dict[int, Classes], list[str], list[str], tuple[int, int]]:
+        """(scope, sources admitted per family and interface, unknown rules, diversions, the port range for which
+        all of this holds as well)."""
         scope, family, address = socket_scope(listener)
+        low, high = 0, 65535
         if scope == "loopback":
-            return scope, {}, [], []
+            return scope, {}, [], [], (low, high)
         per_family: dict[int, Classes] = {}
         unknown: list[str] = []
         diverted: list[str] = []
@@ -117,6 +122,7 @@ class ExposureCalculator:
             classes: Classes = {}
             for daddr in daddrs:
                 answer = self.evaluator.answer(Question(fam, listener.proto, listener.port, daddr))
+                low, high = max(low, answer.port_range[0]), min(high, answer.port_range[1])
                 for iface, sources in answer.admitted.items():
                     classes[iface] = sp.union(classes.get(iface, sp.EMPTY), sources)
                 unknown += [u for u in answer.unknown if u not in unknown]
@@ -124,35 +130,24 @@ class ExposureCalculator:
             if listener.interface:  # SO_BINDTODEVICE: only that interface's packets reach it
                 classes = {i: s for i, s in classes.items() if i == listener.interface}
             per_family[fam] = classes
-        return scope, per_family, unknown, diverted
+        return scope, per_family, unknown, diverted, (low, high)
 
     def exposure(self, listener: Listener) -> Exposure:
-        """Cached per (proto, address, families, interface) and port range: one evaluation answers every port
-        of a range the ruleset treats alike, so 8,000 sockets cost a handful of evaluations."""
+        """Cached per (proto, address, v6only, interface) and port range."""
         key = (listener.proto, listener.address, listener.v6only, listener.interface)
         ranges = self._classified.setdefault(key, [])
         for low, high, cached in ranges:
             if low <= listener.port <= high:
                 return cached
-        scope, family, address = socket_scope(listener)
-        low, high = 0, 65535
-        if scope != "loopback":
-            for fam in socket_families(listener, family, scope):
-                for daddr in [address] if scope != "any" else self._daddrs[fam]:
-                    answer = self.evaluator.answer(Question(fam, listener.proto, listener.port, daddr))
-                    low, high = max(low, answer.port_range[0]), min(high, answer.port_range[1])
-        result = self._exposure(listener)
-        ranges.append((low, high, result))
-        return result
-
-    def _exposure(self, listener: Listener) -> Exposure:
-        scope, per_family, unknown, diverted = self.admitted(listener)
+        scope, per_family, unknown, diverted, (low, high) = self.admitted(listener)
         if scope == "loopback":
-            return Exposure("local", ["localhost"], {})
-        result = classify(per_family, self.host.interfaces)
-        result.unknown, result.diverted = unknown, diverted
-        if unknown:
-            result.exposure = "unknown"
+            result = Exposure("local", ["localhost"], {})
+        else:
+            result = classify(per_family, self.host.interfaces)
+            result.unknown, result.diverted = unknown, diverted
+            if unknown:
+                result.exposure = "unknown"
+        ranges.append((low, high, result))
         return result
 
 
