@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from portward.audit import spans as sp
 from portward.audit.exposure import REMOTE, Classes, Evaluator, Question, Ruleset
-from portward.policy.addresses import Net, format_interval, parse_address, to_cidrs
+from portward.policy.addresses import Net, format_interval, is_loopback, parse_address, to_cidrs
 
 if TYPE_CHECKING:
     from portward.kernel.sockets import Listener
@@ -54,12 +54,6 @@ class Exposure:
     count: int = 0  # how many CIDRs allowed_from (or denied_from) has before it is cut to MAX_LISTED
 
 
-def _is_loopback(family: int, address: int) -> bool:
-    if family == 4:
-        return address >> 24 == 127
-    return address == 1 or (address >> 32 == 0xFFFF and (address & 0xFFFFFFFF) >> 24 == 127)
-
-
 def socket_scope(listener: Listener) -> tuple[str, int, int]:
     """(scope, family, address as an integer; v4-mapped v6 addresses count as v4)."""
     known = _SCOPES.get(listener.address)
@@ -77,7 +71,7 @@ def _scope_of(text: str) -> tuple[str, int, int]:
         family, address = 4, address & 0xFFFFFFFF
     if address == 0:
         return "any", family, 0
-    if _is_loopback(family, address):
+    if is_loopback(Net(family, address, address)):  # v4-mapped addresses were made v4 above
         return "loopback", family, address
     return "address", family, address
 

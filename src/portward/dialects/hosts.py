@@ -8,7 +8,7 @@ a drop/reject rule gets the `: deny` option. hosts.deny is `ALL: ALL`.
 
 from __future__ import annotations
 
-from portward.policy.addresses import Net, format_address, merge, to_cidrs
+from portward.policy.addresses import Net, format_address, is_loopback, merge, to_cidrs
 from portward.policy.model import Policy
 
 ALLOW = "etc/hosts.allow"
@@ -36,11 +36,8 @@ def clients(policy: Policy, sources: list[str]) -> list[str]:
         return ["ALL"]
     out: list[str] = []
     for net in merge(nets):
-        if net.family == 4 and net.first >> 24 == 127:
-            out.append("127.0.0.1")  # libwrap matches the client address; loopback clients use 127.0.0.1
-            continue
-        if net.family == 6 and net.first == net.last == 1:
-            out.append("[::1]")
+        if is_loopback(net):  # libwrap matches the client address; loopback clients use 127.0.0.1 or ::1
+            out.append("127.0.0.1" if net.family == 4 else "[::1]")
             continue
         out.extend(_client(net))
     return out

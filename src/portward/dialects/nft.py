@@ -18,6 +18,7 @@ from portward.policy.addresses import (
     Net,
     PortRange,
     format_address,
+    is_loopback,
     merge,
     merge_ports,
     parse_port_spec,
@@ -374,7 +375,7 @@ class Compiler:
         deletes it from every stage, so a wrong order or a sequential sweep never opens anything.
         """
         is_any, nets = self.policy.resolve(door.from_)
-        nets = tuple(net for net in merge(nets) if not _is_loopback(net))
+        nets = tuple(net for net in merge(nets) if not is_loopback(net))
         knocks = [parse_port_spec(spec) for spec in door.sequence]
         opened = merge_ports(parse_port_spec(spec) for spec in door.open)
         base = f"knock_{_ident(door.name)}"
@@ -474,7 +475,7 @@ class Compiler:
     ) -> None:
         is_any, nets = self.policy.resolve(rule.sources)
         # loopback is admitted before any rule, so 'localhost' needs no addresses in a set
-        nets = tuple(net for net in merge(nets) if not _is_loopback(net))
+        nets = tuple(net for net in merge(nets) if not is_loopback(net))
         comment = f"{section} {rule.name}"
         if not is_any and not nets:
             self.out.notes.append(f"{section} {rule.name!r}: only localhost, which is always admitted")
@@ -558,12 +559,6 @@ def _port_ranges(specs: list[str] | None) -> list[Any]:
     from portward.policy.addresses import parse_port_spec
 
     return [parse_port_spec(spec) for spec in specs or []]
-
-
-def _is_loopback(net: Net) -> bool:
-    if net.family == 4:
-        return net.first >> 24 == 127 and net.last >> 24 == 127
-    return net.first == net.last == 1
 
 
 def _ident(text: str) -> str:

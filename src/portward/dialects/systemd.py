@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from portward.policy.addresses import merge, parse_port_spec, to_cidrs
+from portward.policy.addresses import is_loopback, merge, parse_port_spec, to_cidrs
 from portward.policy.model import InboundRule, Policy
 
 DROP_IN = "50-portward.conf"
@@ -69,7 +69,7 @@ def allowed_sources(policy: Policy, rule: InboundRule) -> list[str] | None:
     if "localhost" in rule.from_:
         values.append("localhost")
     for net in merge(nets):
-        if (net.family == 4 and net.first >> 24 == 127) or (net.family == 6 and net.first == net.last == 1):
+        if is_loopback(net):
             continue  # said by "localhost"
         values.extend(to_cidrs(net))
     return values

@@ -106,6 +106,13 @@ def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def is_loopback(net: Net) -> bool:
+    """Inside 127.0.0.0/8, or ::1: what portward admits before any rule, so no list needs to name it."""
+    if net.family == 4:
+        return net.first >> 24 == 127 and net.last >> 24 == 127
+    return net.first == net.last == 1
+
+
 def format_address(family: int, value: int) -> str:
     if family == 4:
         return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
