@@ -13,6 +13,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from portward.verify.scan import format_ports
+
 if TYPE_CHECKING:
     from portward.kernel.links import Address
 
@@ -45,16 +47,8 @@ def _is_ssh(entry: Json, ssh_ports: set[int]) -> bool:
 
 
 def _ranges(ports: list[int], proto: str) -> list[str]:
-    out: list[str] = []
-    ordered = sorted(set(ports))
-    start = previous = ordered[0]
-    for port in [*ordered[1:], -1]:
-        if port == previous + 1:
-            previous = port
-            continue
-        out.append(f"{start}/{proto}" if start == previous else f"{start}-{previous}/{proto}")
-        start = previous = port
-    return out
+    """[22, 80, 81, 82], "tcp" -> ["22/tcp", "80-82/tcp"]."""
+    return [f"{run}/{proto}" for run in format_ports(ports).split(",")]
 
 
 def _toml_list(values: list[str]) -> str:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from portward.errors import InputError
+from portward.verify.scan import resolve
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,6 @@ def parse_knocks(items: list[str], default_proto: str = "tcp") -> list[Knock]:
     if not knocks:
         raise InputError("no knock given — e.g. portward knock HOST 7000 8000 9000:udp")
     return knocks
-
-
-def resolve(host: str, family: int | None) -> tuple[int, str]:
-    kinds = {None: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}
-    try:
-        infos = socket.getaddrinfo(host, None, kinds[family], socket.SOCK_STREAM)
-    except socket.gaierror as error:
-        raise InputError(f"cannot resolve {host!r}: {error.strerror} — check the name or give an address") from None
-    af, _type, _proto, _name, sockaddr = infos[0]
-    return (6 if af == socket.AF_INET6 else 4), str(sockaddr[0])
 
 
 def send_knock(family: int, address: str, knock: Knock) -> None:
