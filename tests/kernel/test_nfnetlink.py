@@ -179,7 +179,7 @@ def test_batch_layout_split_and_error_offsets() -> None:
 
     for kind, _flags, seq, payload in parsed[1:-1]:
         assert payload[0] == 2  # NFPROTO_IPV4
-        attrs = nl._attrs(payload, 4)
+        attrs = nl.parse_nlas(payload, 4)
         assert attrs[nl.NFTA_SET_ELEM_LIST_TABLE] == b"tbl\0"
         elements_len = len(attrs[nl.NFTA_SET_ELEM_LIST_ELEMENTS]) + 4
         assert elements_len <= nl.MAX_ELEMENTS_PAYLOAD + 4 < 65536
@@ -192,7 +192,7 @@ def test_batch_layout_split_and_error_offsets() -> None:
         for offset, index in zip(offsets, indices, strict=True):
             elem_len, elem_type = struct.unpack_from("=HH", message, offset)
             assert elem_type == nl.NFTA_LIST_ELEM | nl.NLA_F_NESTED
-            key = nl._attrs(nl._attrs(message[offset + 4 : offset + elem_len])[nl.NFTA_SET_ELEM_KEY])
+            key = nl.parse_nlas(nl.parse_nlas(message[offset + 4 : offset + elem_len])[nl.NFTA_SET_ELEM_KEY])
             assert key[nl.NFTA_DATA_VALUE] == ops[index].key
         for offset, index in list(zip(offsets, indices, strict=True))[:: max(1, len(offsets) // 5)]:
             assert info.element_at(offset) == index

@@ -21,11 +21,16 @@ from types import TracebackType
 
 from portward.kernel.nfnetlink import (
     NETLINK_NETFILTER,
+    NFGENMSG,
     NLM_F_ACK,
     NLM_F_REQUEST,
     NLMSG_ERROR,
+    NLMSGHDR,
     SO_RCVBUFFORCE,
     NetlinkError,
+    nfnl_message,
+    nla,
+    parse_nlas,
 )
 
 __all__ = [
@@ -68,7 +73,6 @@ NFULA_SEQ = 12
 NLMSG_DONE = 3
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
-NLA_TYPE_MASK = 0x3FFF
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
@@ -79,9 +83,6 @@ _WITH_PORTS = frozenset({6, 17, 33, 132, 136})  # transport headers that start w
 # fragment (44) and AH (51) have their own length rules below.
 _IPV6_OPTIONS = frozenset({0, 43, 60})
 
-_HDR = struct.Struct("=IHHII")  # nlmsghdr
-_NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (big-endian)
-_NLA = struct.Struct("=HH")
 _BE16 = struct.Struct(">H")
 _BE32 = struct.Struct(">I")
 _TIMESTAMP = struct.Struct(">QQ")  # struct nfulnl_msg_packet_timestamp: sec, usec
@@ -172,26 +173,10 @@ def _ipv6_transport(payload: bytes) -> tuple[int, int | None]:
 # --- netlink encoding ---------------------------------------------------------------------------
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    return _NLA.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
-
-
 def _config(seq: int, family: int, group: int, attributes: bytes) -> bytes:
-    nfgen = _NFGEN.pack(family, 0, socket.htons(group))
-    kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
-    body = nfgen + attributes
-    return _HDR.pack(_HDR.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
-
-
-def _attributes(data: bytes, pos: int) -> dict[int, bytes]:
-    found = {}
-    while pos + 4 <= len(data):
-        length, kind = _NLA.unpack_from(data, pos)
-        if length < 4 or pos + length > len(data):
-            break
-        found[kind & NLA_TYPE_MASK] = data[pos + 4 : pos + length]
-        pos += (length + 3) & ~3
-    return found
+    return nfnl_message(
+        (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, family, group, attributes
+    )
 
 
 _names: dict[int, tuple[str, float]] = {}
@@ -272,7 +257,7 @@ class NflogSocket:
             for family in (socket.AF_INET, socket.AF_INET6):
                 for command, what in ((NFULNL_CFG_CMD_PF_UNBIND, "PF_UNBIND"), (NFULNL_CFG_CMD_PF_BIND, "PF_BIND")):
                     seq += 1
-                    data += _config(seq, family, 0, _attr(NFULA_CFG_CMD, bytes([command])))
+                    data += _config(seq, family, 0, nla(NFULA_CFG_CMD, bytes([command])))
                     messages.append((seq, f"{what} {family}"))
         seq += 1
         # One message: the kernel creates the instance for BIND, then applies the other attributes to it.
@@ -280,11 +265,11 @@ class NflogSocket:
             seq,
             socket.AF_UNSPEC,
             group,
-            _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))
-            + _attr(NFULA_CFG_MODE, _MODE.pack(copy_range, NFULNL_COPY_PACKET, 0))
-            + _attr(NFULA_CFG_QTHRESH, _BE32.pack(1))
-            + _attr(NFULA_CFG_TIMEOUT, _BE32.pack(0))
-            + _attr(NFULA_CFG_FLAGS, _BE16.pack(NFULNL_CFG_F_SEQ)),
+            nla(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND]))
+            + nla(NFULA_CFG_MODE, _MODE.pack(copy_range, NFULNL_COPY_PACKET, 0))
+            + nla(NFULA_CFG_QTHRESH, _BE32.pack(1))
+            + nla(NFULA_CFG_TIMEOUT, _BE32.pack(0))
+            + nla(NFULA_CFG_FLAGS, _BE16.pack(NFULNL_CFG_F_SEQ)),
         )
         messages.append((seq, f"BIND group {group}"))
         try:
@@ -334,15 +319,15 @@ class NflogSocket:
         replies: list[tuple[int, int]] = []
         sink = self._pending if events is None else events
         pos = 0
-        while pos + _HDR.size <= len(data):
-            length, kind, _flags, seq, _portid = _HDR.unpack_from(data, pos)
-            if length < _HDR.size or pos + length > len(data):
+        while pos + NLMSGHDR.size <= len(data):
+            length, kind, _flags, seq, _portid = NLMSGHDR.unpack_from(data, pos)
+            if length < NLMSGHDR.size or pos + length > len(data):
                 break
-            body = bytes(data[pos + _HDR.size : pos + length])
+            body = bytes(data[pos + NLMSGHDR.size : pos + length])
             pos += (length + 3) & ~3
             if kind == NLMSG_ERROR and len(body) >= 4:
                 replies.append((seq, -int(struct.unpack_from("=i", body)[0])))
-            elif kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET and len(body) >= _NFGEN.size:
+            elif kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET and len(body) >= NFGENMSG.size:
                 event = self._packet(body)
                 if event is not None:
                     sink.append(event)
@@ -351,7 +336,7 @@ class NflogSocket:
 
     def _packet(self, body: bytes) -> PacketEvent | None:
         family = _FAMILIES.get(body[0])
-        attributes = _attributes(body, _NFGEN.size)
+        attributes = parse_nlas(body, NFGENMSG.size)
         raw_seq = attributes.get(NFULA_SEQ)
         if raw_seq is not None and len(raw_seq) == 4:
             seq = int(_BE32.unpack(raw_seq)[0])

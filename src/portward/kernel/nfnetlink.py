@@ -88,9 +88,9 @@ NAME_MAXLEN = 255  # NFT_NAME_MAXLEN (256) includes the NUL
 NFT_DATA_VALUE_MAXLEN = 64
 REPLY_TIMEOUT_S = 5.0  # replies are queued before sendto() returns; this is only a safety net
 
-_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, portid
-_NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (res_id stored big-endian)
-_NLA = struct.Struct("=HH")  # nlattr: len, type
+NLMSGHDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, portid
+NFGENMSG = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (res_id stored big-endian)
+NLATTR = struct.Struct("=HH")  # nlattr: len, type
 _ERR = struct.Struct("=i")  # nlmsgerr.error (negative errno or 0), then the original nlmsghdr
 _BE32 = struct.Struct(">I")
 _BE64 = struct.Struct(">Q")
@@ -209,25 +209,26 @@ def _op(op: Literal["add", "delete"], key: bytes, interval_end: bool, open_inter
 # --- encoding ----------------------------------------------------------------------------------
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    return _NLA.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+def nla(kind: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes (shared with kernel/nflog.py)."""
+    return NLATTR.pack(4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
 
 def _nest(kind: int, payload: bytes) -> bytes:
     # payload is a sequence of attributes, hence already 4-aligned
-    return _NLA.pack(4 + len(payload), kind | NLA_F_NESTED) + payload
+    return NLATTR.pack(4 + len(payload), kind | NLA_F_NESTED) + payload
 
 
 def _strz(kind: int, name: str, what: str) -> bytes:
     raw = name.encode()
     if not raw or len(raw) > NAME_MAXLEN or b"\0" in raw:
         raise ValueError(f"bad {what} name {name!r}")
-    return _attr(kind, raw + b"\0")
+    return nla(kind, raw + b"\0")
 
 
-_FLAGS_END = _attr(NFTA_SET_ELEM_FLAGS, _BE32.pack(NFT_SET_ELEM_INTERVAL_END))
-_USERDATA_OPEN = _attr(NFTA_SET_ELEM_USERDATA, OPEN_INTERVAL_USERDATA)
-_PACK_NLA = _NLA.pack
+_FLAGS_END = nla(NFTA_SET_ELEM_FLAGS, _BE32.pack(NFT_SET_ELEM_INTERVAL_END))
+_USERDATA_OPEN = nla(NFTA_SET_ELEM_USERDATA, OPEN_INTERVAL_USERDATA)
+_PACK_NLA = NLATTR.pack
 _KEY_4 = _PACK_NLA(12, NFTA_SET_ELEM_KEY | NLA_F_NESTED) + _PACK_NLA(8, NFTA_DATA_VALUE)
 # NFTA_LIST_ELEM header + key attributes of a 4-byte key, without and with the end flag after it
 _START_4 = _PACK_NLA(16, NFTA_LIST_ELEM | NLA_F_NESTED) + _KEY_4
@@ -240,13 +241,13 @@ def _encode_element(e: ElementOp) -> bytes:
     if len(key) == 4:  # fast path: ipv4 keys are most of a 100k batch
         body = _KEY_4 + key
     elif 0 < len(key) <= NFT_DATA_VALUE_MAXLEN:
-        body = _nest(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, key))
+        body = _nest(NFTA_SET_ELEM_KEY, nla(NFTA_DATA_VALUE, key))
     else:
         raise ValueError(f"key must be 1..{NFT_DATA_VALUE_MAXLEN} bytes, got {len(key)}")
     if e.key_end is not None:
         if not 0 < len(e.key_end) <= NFT_DATA_VALUE_MAXLEN:
             raise ValueError(f"key_end must be 1..{NFT_DATA_VALUE_MAXLEN} bytes, got {len(e.key_end)}")
-        body += _nest(NFTA_SET_ELEM_KEY_END, _attr(NFTA_DATA_VALUE, e.key_end))
+        body += _nest(NFTA_SET_ELEM_KEY_END, nla(NFTA_DATA_VALUE, e.key_end))
     if e.interval_end:
         if e.open_interval:
             raise ValueError("an interval end element cannot open an interval")
@@ -254,15 +255,15 @@ def _encode_element(e: ElementOp) -> bytes:
     if e.timeout_ms is not None:
         if not 0 <= e.timeout_ms < 2**64:
             raise ValueError(f"timeout_ms out of range: {e.timeout_ms}")
-        body += _attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(e.timeout_ms))
+        body += nla(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(e.timeout_ms))
     if e.open_interval:
         body += _USERDATA_OPEN
     return _PACK_NLA(4 + len(body), NFTA_LIST_ELEM | NLA_F_NESTED) + body
 
 
-def _message(msg_type: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
-    nfgen = _NFGEN.pack(family, 0, socket.htons(res_id))
-    return _HDR.pack(_HDR.size + len(nfgen) + len(payload), msg_type, flags, seq, 0) + nfgen + payload
+def nfnl_message(msg_type: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
+    nfgen = NFGENMSG.pack(family, 0, socket.htons(res_id))
+    return NLMSGHDR.pack(NLMSGHDR.size + len(nfgen) + len(payload), msg_type, flags, seq, 0) + nfgen + payload
 
 
 @dataclass
@@ -319,8 +320,8 @@ def _build_batch(
     seqs = (((seq0 + n) & 0xFFFFFFFF) or 1 for n in itertools.count(1))
 
     begin = next(seqs)
-    genid = b"" if expected_generation is None else _attr(NFNL_BATCH_GENID, _BE32.pack(expected_generation))
-    messages.append(_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin, 0, NFNL_SUBSYS_NFTABLES, genid))
+    genid = b"" if expected_generation is None else nla(NFNL_BATCH_GENID, _BE32.pack(expected_generation))
+    messages.append(nfnl_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin, 0, NFNL_SUBSYS_NFTABLES, genid))
     sent[begin] = _Sent()
 
     # Deletes of every set first, so an add may reuse keys or space freed in the same transaction.
@@ -331,16 +332,16 @@ def _build_batch(
         for set_name, ops in changes:
             head = table_attr + _strz(NFTA_SET_ELEM_LIST_SET, set_name, "set")
             # where the first element starts: nlmsghdr + nfgenmsg + names + ELEMENTS nest header
-            base = _HDR.size + _NFGEN.size + len(head) + 4
+            base = NLMSGHDR.size + NFGENMSG.size + len(head) + 4
             for chunk, lo, hi in _chunks(set_name, op, ops):
                 seq = next(seqs)
                 payload = head + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, b"".join(chunk))
-                msg = _message((NFNL_SUBSYS_NFTABLES << 8) | msg_type, flags, seq, nfproto, 0, payload)
+                msg = nfnl_message((NFNL_SUBSYS_NFTABLES << 8) | msg_type, flags, seq, nfproto, 0, payload)
                 messages.append(msg)
                 sent[seq] = _Sent(set_name, op, ops, lo, hi, base)
 
     end = next(seqs)
-    messages.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, 0, NFNL_SUBSYS_NFTABLES, b""))
+    messages.append(nfnl_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, end, 0, NFNL_SUBSYS_NFTABLES, b""))
     sent[end] = _Sent()
     return messages, sent
 
@@ -430,19 +431,20 @@ class _Reply:
 def _parse(data: bytes) -> list[_Reply]:
     replies = []
     pos = 0
-    while pos + _HDR.size <= len(data):
-        length, msg_type, flags, seq, _pid = _HDR.unpack_from(data, pos)
-        if length < _HDR.size or pos + length > len(data):
+    while pos + NLMSGHDR.size <= len(data):
+        length, msg_type, flags, seq, _pid = NLMSGHDR.unpack_from(data, pos)
+        if length < NLMSGHDR.size or pos + length > len(data):
             break
-        replies.append(_Reply(seq, msg_type, flags, data[pos + _HDR.size : pos + length]))
+        replies.append(_Reply(seq, msg_type, flags, data[pos + NLMSGHDR.size : pos + length]))
         pos += (length + 3) & ~3
     return replies
 
 
-def _attrs(data: bytes, pos: int = 0) -> dict[int, bytes]:
+def parse_nlas(data: bytes, pos: int = 0) -> dict[int, bytes]:
+    """The netlink attributes from ``pos`` on, by type (flag bits masked off); a short attribute ends it."""
     found = {}
     while pos + 4 <= len(data):
-        length, kind = _NLA.unpack_from(data, pos)
+        length, kind = NLATTR.unpack_from(data, pos)
         if length < 4 or pos + length > len(data):
             break
         found[kind & NLA_TYPE_MASK] = data[pos + 4 : pos + length]
@@ -495,10 +497,10 @@ def _error_details(reply: _Reply) -> tuple[int | None, str | None]:
     """(offset of the bad attribute in our message, kernel's text) from an extended ACK."""
     if not reply.flags & NLM_F_ACK_TLVS:
         return None, None
-    pos = _ERR.size + _HDR.size
+    pos = _ERR.size + NLMSGHDR.size
     if not reply.flags & NLM_F_CAPPED:  # our whole message was echoed before the TLVs
-        pos = _ERR.size + _HDR.unpack_from(reply.payload, _ERR.size)[0]
-    tlvs = _attrs(reply.payload, pos)
+        pos = _ERR.size + NLMSGHDR.unpack_from(reply.payload, _ERR.size)[0]
+    tlvs = parse_nlas(reply.payload, pos)
     raw_offset = tlvs.get(NLMSGERR_ATTR_OFFS, b"")
     offset = int(struct.unpack("=I", raw_offset)[0]) if len(raw_offset) == 4 else None
     raw_text = tlvs.get(NLMSGERR_ATTR_MSG)
@@ -516,7 +518,7 @@ def _seq0() -> int:
 def get_generation() -> int:
     """The nf_tables ruleset generation of the current network namespace (bumped by every commit)."""
     seq = _seq0() or 1
-    request = _message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0, 0, b"")
+    request = nfnl_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, NLM_F_REQUEST, seq, 0, 0, b"")
     with _open_socket(len(request), 2) as sock:
         _send(sock, request, "getgen")
         for reply in _receive(sock, {seq}, {seq}):
@@ -526,7 +528,7 @@ def get_generation() -> int:
             if err:
                 raise NetlinkError(err, f"nf_tables refused GETGEN: {os.strerror(err)}", op="getgen")
             if reply.msg_type == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
-                gen_id = _attrs(reply.payload, _NFGEN.size).get(NFTA_GEN_ID)
+                gen_id = parse_nlas(reply.payload, NFGENMSG.size).get(NFTA_GEN_ID)
                 if gen_id is not None and len(gen_id) == 4:
                     return int(_BE32.unpack(gen_id)[0])
     raise NetlinkError(errno_codes.EPROTO, "nf_tables sent no generation id", op="getgen")
