@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -241,7 +240,7 @@ def restore(ctx: click.Context, json_output: bool) -> None:
     run(ctx, json_output, lambda: engine.restore(ctx.obj.state_dir))
 
 
-EXPORT_FORMATS = ["nft", "sysctl", "systemd", "hosts"]
+EXPORT_FORMATS = ["nft", "iptables", "ip6tables", "firewalld", "ufw", "systemd", "hosts", "sysctl"]
 
 
 @cli.command()
@@ -254,27 +253,18 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
     """Render the policy in another dialect."""
 
     def action() -> Any:
-        from portward.dialects.nft import compile_policy, render_text
+        from portward import dialects
+        from portward.errors import PortwardError
         from portward.ops.state import write_atomic
         from portward.policy.toml import load_policy
         from portward.result import Result
 
+        write = dialects.writer(fmt)
+        if write is None:
+            raise PortwardError(f"export --format {fmt} is not available in this version yet")
         loaded = load_policy(policy)
-        notes: list[str] = []
-        if fmt == "sysctl":
-            from portward.dialects import sysctl
-
-            files = {sysctl.DROP_IN: sysctl.render(loaded.policy, os.path.abspath(policy))}
-        elif fmt == "hosts":
-            from portward.dialects import hosts
-
-            files, notes = hosts.render(loaded.policy, os.path.abspath(policy))
-        elif fmt == "systemd":
-            from portward.dialects import systemd
-
-            files, notes = systemd.render(loaded.policy, Path(root or "/"))
-        else:
-            files = {"etc/portward/portward.nft": render_text(compile_policy(loaded))}
+        rendered = write(loaded, policy, Path(root or "/"))
+        files, notes = rendered.files, rendered.notes
         note_lines = [f"note: {note}" for note in notes]
         if root:
             for relative, content in files.items():
@@ -285,7 +275,7 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
                 {"format": fmt, "files": [str(Path(root) / name) for name in files], "notes": notes},
                 [*note_lines, *(f"wrote {Path(root) / name}" for name in files)],
             )
-        if len(files) == 1 and fmt not in ("systemd", "hosts"):
+        if rendered.stream and len(files) == 1:
             text = next(iter(files.values()))
         else:
             text = "".join(f"# --- /{name}\n{content}" for name, content in files.items())
@@ -471,38 +461,29 @@ IMPORT_SOURCES = ["iptables-save", "knockd", "hosts", "fwknop"]
 @click.pass_context
 def import_(ctx: click.Context, source: str, files: tuple[str, ...], output: str | None, force: bool,
             json_output: bool) -> None:
-    """Turn another tool's configuration into a policy (iptables-save: v4 and v6 files together)."""
+    """Turn another tool's configuration into a policy (iptables-save: v4 and v6 files together;
+    hosts: hosts.allow then hosts.deny)."""
 
     def action() -> Any:
+        from portward import dialects
         from portward.errors import InputError, PortwardError
         from portward.ops.state import write_atomic
         from portward.policy.toml import load_policy_text
         from portward.result import Result
 
-        if source != "iptables-save":
+        read = dialects.reader(source)
+        if read is None:
             raise PortwardError(f"import --from {source} is not available in this version yet")
-        from portward.dialects.from_rules import from_listing, merge, to_toml
-        from portward.dialects.iptables import parse_save
-
-        parts = []
-        for name in files:
-            try:
-                text = Path(name).read_text()
-            except OSError as error:
-                raise InputError(f"{name}: cannot read it: {error.strerror} — check the path") from None
-            # ip6tables-save files have IPv6 addresses or say so in their header
-            family = 6 if "ip6tables" in text.split("\n", 1)[0] or re.search(r" -[sd] [0-9a-f]*:", text) else 4
-            parts.append(from_listing(parse_save(text, family, source=name), name))
-        imported = merge(parts)
-        text = to_toml(imported, list(files))
+        converted = read(list(files))
+        text = converted.text
         load_policy_text(text, output or "<import>")  # what we write must pass `check`
-        data: Json = {"policy": text, "notes": imported.notes, "rules": len(imported.rules), "file": output}
+        data: Json = {"policy": text, "notes": converted.notes, **converted.data, "file": output}
         if output:
             target = Path(output)
             if target.exists() and not force:
                 raise InputError(f"{output} exists — choose another file or add --force")
             write_atomic(target, text)
-            return Result(data, [*(f"note: {n}" for n in imported.notes), f"wrote {output}"])
+            return Result(data, [*(f"note: {n}" for n in converted.notes), f"wrote {output}"])
         return Result(data, [text.rstrip("\n")])
 
     run(ctx, json_output, action)

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from portward.dialects import Converted, read_input
+
 Json = dict[str, Any]
 NAME_CLEAN = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -214,3 +216,17 @@ def to_toml(imported: Imported, sources: list[str]) -> str:
     if imported.block:
         lines += ["[block]", f"from = {json.dumps(imported.block)}", ""]
     return "\n".join(lines)
+
+
+def read_iptables_save(paths: list[str]) -> Converted:
+    """`import --from iptables-save`: iptables-save and ip6tables-save files -> one policy."""
+    from portward.dialects.iptables import parse_save
+
+    parts = []
+    for name in paths:
+        text = read_input(name)
+        # ip6tables-save files have IPv6 addresses or say so in their header
+        family = 6 if "ip6tables" in text.split("\n", 1)[0] or re.search(r" -[sd] [0-9a-f]*:", text) else 4
+        parts.append(from_listing(parse_save(text, family, source=name), name))
+    imported = merge(parts)
+    return Converted(to_toml(imported, paths), imported.notes, {"rules": len(imported.rules)})

@@ -8,8 +8,16 @@ a drop/reject rule gets the `: deny` option. hosts.deny is `ALL: ALL`.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from portward.dialects import Rendered
 from portward.policy.addresses import Net, format_address, is_loopback, merge, to_cidrs
 from portward.policy.model import Policy
+
+if TYPE_CHECKING:
+    from portward.policy.toml import LoadedPolicy
 
 ALLOW = "etc/hosts.allow"
 DENY = "etc/hosts.deny"
@@ -64,3 +72,9 @@ def render(policy: Policy, source: str = "") -> tuple[dict[str, str], list[str]]
         notes.append("hosts.allow cannot say ports or interfaces: each daemon's line covers all of its ports")
     deny = "# written by portward: whatever hosts.allow does not admit is refused\nALL: ALL\n"
     return {ALLOW: "\n".join(allow) + "\n", DENY: deny}, notes
+
+
+def export(loaded: LoadedPolicy, policy_path: str, root: Path) -> Rendered:
+    """`export --format hosts`: etc/hosts.allow and etc/hosts.deny."""
+    files, notes = render(loaded.policy, os.path.abspath(policy_path))
+    return Rendered(files, notes)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from portward.dialects import Rendered
 from portward.policy.addresses import (
     Net,
     PortRange,
@@ -666,3 +668,8 @@ def _expr_text(expr: Json) -> str:
         return f"{verdict} {expr[verdict]['target']}"
     (verdict,) = expr.keys()
     return str(verdict)
+
+
+def export(loaded: LoadedPolicy, policy_path: str, root: Path) -> Rendered:
+    """`export --format nft`: the ruleset `apply` loads, as a script for `nft -f`."""
+    return Rendered({"etc/portward/portward.nft": render_text(compile_policy(loaded))}, stream=True)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from portward.dialects import Rendered
 from portward.policy.model import Policy
 from portward.policy.sysctls import expectations
+
+if TYPE_CHECKING:
+    from portward.policy.toml import LoadedPolicy
 
 DROP_IN = "etc/sysctl.d/90-portward.conf"
 
@@ -18,3 +26,8 @@ def render(policy: Policy, source: str = "") -> str:
             lines.append(f"# {item.why}")
             lines.append(f"{item.key} = {item.value}")
     return "\n".join(lines) + "\n"
+
+
+def export(loaded: LoadedPolicy, policy_path: str, root: Path) -> Rendered:
+    """`export --format sysctl`: one sysctl.d file that `sysctl -p FILE` loads."""
+    return Rendered({DROP_IN: render(loaded.policy, os.path.abspath(policy_path))}, stream=True)

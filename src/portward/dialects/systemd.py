@@ -12,9 +12,14 @@ export says.  They apply to every port of the unit: a rule's `ports` are not exp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from portward.dialects import Rendered
 from portward.policy.addresses import is_loopback, merge, parse_port_spec, to_cidrs
 from portward.policy.model import InboundRule, Policy
+
+if TYPE_CHECKING:
+    from portward.policy.toml import LoadedPolicy
 
 DROP_IN = "50-portward.conf"
 UNIT_DIRS = ("etc/systemd/system", "run/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
@@ -128,3 +133,9 @@ def render(policy: Policy, root: Path) -> tuple[dict[str, str], list[str]]:
     if not files:
         notes.append("no inbound rule names a `unit`: nothing to write")
     return files, notes
+
+
+def export(loaded: LoadedPolicy, policy_path: str, root: Path) -> Rendered:
+    """`export --format systemd`: one drop-in per unit named by a rule."""
+    files, notes = render(loaded.policy, root)
+    return Rendered(files, notes)
