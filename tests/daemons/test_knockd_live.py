@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from portward.daemons.knockd import CommandRunner, EventLog, RunCommand
-from portward.dialects.knockd import KnockdOptions
+from portward.daemons.eventlog import EventLog
+from portward.daemons.knockd import CommandRunner, RunCommand
 from tests.netlab import LAN4, SRV_LAN4, SRV_LAN6, SRV_WAN4, SRV_WAN6, WAN6, Lab
 from tests.pwutil import ROOT
 
@@ -290,7 +290,7 @@ def test_one_time_sequences_and_pid_file(door: Lab, tmp_path: Path) -> None:
 
 def run_commands(actions: list[RunCommand], timeout: float = 10.0) -> list[dict[str, Any]]:
     stream = io.StringIO()
-    log = EventLog(KnockdOptions(), json_lines=True, stream=stream)
+    log = EventLog(json_lines=True, stream=stream)
 
     async def main() -> None:
         runner = CommandRunner(log, timeout=timeout)
@@ -339,7 +339,7 @@ def test_slow_commands_are_killed_with_their_children_and_reaped(tmp_path: Path)
 
 
 def test_text_log_lines_look_like_knockd(tmp_path: Path) -> None:
-    log = EventLog(KnockdOptions(log_file=str(tmp_path / "log")), json_lines=False, stream=io.StringIO())
+    log = EventLog(json_lines=False, log_file=str(tmp_path / "log"), stream=io.StringIO())
     log.write("stage", "198.18.0.2: ssh: Stage 1", door="ssh", src=LAN4, stage=1)
     log.close()
     line = (tmp_path / "log").read_text()

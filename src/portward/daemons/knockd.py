@@ -27,23 +27,20 @@ import asyncio
 import contextlib
 import heapq
 import ipaddress
-import json
 import os
 import shlex
 import signal
 import sys
-import syslog
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
+from portward.daemons.eventlog import EventLog
 from portward.dialects.knockd import (
     KnockdConfig,
     KnockdDoor,
-    KnockdOptions,
     KnockPort,
     OneTimeSequence,
     command_argv,
@@ -547,52 +544,6 @@ def capture_commands(
 # --- the driver ---------------------------------------------------------------------------------
 
 
-class EventLog:
-    """knockd-style lines (`[2024-05-01 12:00] 198.18.0.2: ssh: Stage 1`) or one JSON object per line, to
-    LogFile (else stdout), and to syslog when UseSyslog is set."""
-
-    def __init__(self, options: KnockdOptions, *, json_lines: bool, stream: TextIO | None = None) -> None:
-        self.json_lines = json_lines
-        self.stdout = stream or sys.stdout
-        self._file: TextIO | None = None
-        if options.log_file:
-            try:
-                self._file = open(options.log_file, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-            except OSError as error:
-                raise PortwardError(
-                    f"cannot open LogFile {options.log_file}: {error.strerror} — fix the path in [options]"
-                ) from None
-        self.use_syslog = options.use_syslog
-        if self.use_syslog:
-            syslog.openlog("knockd", syslog.LOG_PID, syslog.LOG_USER)  # knockd's ident: existing filters match
-
-    def write(self, event: str, message: str, **fields: Any) -> None:
-        if self.json_lines:
-            now = datetime.now().astimezone().isoformat(timespec="milliseconds")
-            record = {"time": now, "event": event, "message": message}
-            record.update({key: value for key, value in fields.items() if value not in (None, "")})
-            line = json.dumps(record)
-        else:
-            line = f"[{time.strftime('%Y-%m-%d %H:%M')}] {message}"
-        out = self._file or self.stdout
-        try:
-            out.write(line + "\n")
-            out.flush()
-            if event == "ready" and out is not self.stdout:  # whoever started us waits for it on stdout
-                self.stdout.write(line + "\n")
-                self.stdout.flush()
-        except (OSError, ValueError):
-            pass  # a closed stdout must not stop the doors
-        if self.use_syslog:
-            syslog.syslog(syslog.LOG_NOTICE, message)
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        if self.use_syslog:
-            syslog.closelog()
-
-
 class CommandRunner:
     """Runs commands without a shell; those of one (door, source) in order, so a stop never overtakes its
     start; each killed (with its process group) after ``timeout`` and always reaped."""
@@ -706,7 +657,8 @@ async def serve(
         interface=interface or config.options.interface,
     )
     nft = Nft()
-    log = EventLog(config.options, json_lines=json_log)
+    options = config.options
+    log = EventLog(json_lines=json_log, log_file=options.log_file, use_syslog=options.use_syslog, ident="knockd")
     runner = CommandRunner(log)
     try:
         sock = NflogSocket(group)
