@@ -28,13 +28,15 @@ from portward.policy.addresses import (
 )
 
 if TYPE_CHECKING:
-    from portward.policy.model import InboundRule, KnockDoor, OutboundRule, Policy
+    from portward.policy.model import InboundRule, KnockDoor, OutboundRule, Policy, SpaDoor
     from portward.policy.toml import LoadedPolicy
 
 TABLE = "portward"
 FAMILY = "inet"
 NFLOG_GROUP_DENIED = 7601
 DENIED_LOG_PREFIX = "portward denied "
+NFLOG_GROUP_SPA = 7603  # SPA packets for `portward spad` (7602 is `portward knockd`'s)
+SPA_LOG_PREFIX = "portward spa "
 ICMP_ESSENTIAL = ["destination-unreachable", "time-exceeded", "parameter-problem"]
 ICMPV6_ESSENTIAL = [
     "destination-unreachable",
@@ -360,6 +362,7 @@ class Compiler:
                 )
         for door in self.policy.knock:
             self._knock_door(door)
+        self._spa_doors()
         for rule in self.policy.inbound:
             self._traffic_rule("input", "inbound", rule, "saddr", "iifname")
         self._final("input", defaults.inbound, defaults.log_denied)
@@ -435,6 +438,51 @@ class Compiler:
             self._rule(chain, f"{comment} wrong {k}", member(stages[k - 1]), *reset)
         first = [dynset("add", stages[0])] if stages else [dynset("update", grant)]
         self._rule(chain, f"{comment} stage 1", *knock(0), *first, {"return": None})
+
+    # SPA doors -----------------------------------------------------------------------------------
+
+    def _spa_doors(self) -> None:
+        """fwknop-style doors: the kernel keeps the grants, `portward spad` only adds them.
+
+        Per door and family a set of (source . protocol . port) with `flags timeout`: spad adds exactly
+        what a valid packet asked for (and the door's `open` allows), with the timeout the packet earned;
+        the kernel deletes it when that runs out, whether or not spad is still alive.  SPA packets are
+        copied to NFLOG group 7603 and dropped in the kernel, so the SPA port never answers anyone (no
+        reply, no ICMP) and senders outside every door's `from` never reach user space at all.
+        """
+        if not self.policy.spa:
+            return
+        by_port: dict[tuple[str, int], list[SpaDoor]] = {}
+        for door in self.policy.spa:
+            spec = parse_port_spec(door.port)
+            by_port.setdefault((spec.proto, spec.first), []).append(door)
+            base = f"spa_{_ident(door.name)}"
+            for family in (4, 6):
+                grant = f"{base}_open_v{family}"
+                kind = ("ipv4_addr" if family == 4 else "ipv6_addr", "inet_proto", "inet_service")
+                self.out.sets[grant] = SetSpec(grant, kind, ("timeout",), timeout=door.open_for, size=DOOR_SIZE)
+                key = {"concat": [_addr_payload(family, "saddr"), _meta("l4proto"), _payload("th", "dport")]}
+                self._rule("input", f"spa {door.name} open", _match(key, f"@{grant}"), {"accept": None})
+        for (proto, port), doors in by_port.items():
+            names = ", ".join(door.name for door in doors)
+            dport = _match(_payload(proto, "dport"), port)
+            log = {"log": {"prefix": SPA_LOG_PREFIX, "group": NFLOG_GROUP_SPA}}
+            senders: list[Net] = []
+            everyone = False
+            for door in doors:
+                is_any, nets = self.policy.resolve(door.from_)
+                everyone = everyone or is_any
+                senders += nets
+            if everyone:
+                self._rule("input", f"spa {names} packet", dport, log, {"drop": None})
+                continue
+            merged = tuple(net for net in merge(senders) if not is_loopback(net))
+            for family in (4, 6):
+                if any(net.family == family for net in merged):
+                    name = self.address_set(f"spa_{port}_from", family, merged)
+                    source = _match(_addr_payload(family, "saddr"), f"@{name}")
+                    self._rule("input", f"spa {names} packet", source, dport, log, {"drop": None})
+            self._rule("input", f"spa {names} silent", dport, {"drop": None})
 
     def _output(self) -> None:
         defaults = self.policy.defaults
@@ -634,6 +682,8 @@ def _value_text(value: Any) -> str:
             return f"meta {value['meta']['key']}"
         if "ct" in value:
             return f"ct {value['ct']['key']}"
+        if "concat" in value:
+            return " . ".join(_value_text(item) for item in value["concat"])
         if "&" in value:
             base, mask = value["&"]
             return f"{_value_text(base)} & ({'|'.join(mask) if isinstance(mask, list) else mask})"

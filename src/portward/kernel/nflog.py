@@ -108,6 +108,7 @@ class PacketEvent:
     tcp_flags: int  # TCP_SYN | TCP_ACK ...; 0 unless proto == "tcp"
     iface: str  # input interface, "" when unknown (output hooks) or gone
     prefix: str  # the rule's `log prefix`
+    data: bytes = b""  # a UDP datagram's payload, as far as the copy range reached (SPA packets)
 
 
 def parse_packet(
@@ -136,12 +137,15 @@ def parse_packet(
     else:
         return None
     sport = dport = flags = 0
+    data = b""
     if offset is not None and number in _WITH_PORTS and offset + 4 <= len(payload):
         sport, dport = struct.unpack_from(">HH", payload, offset)
         if number == 6:
             flags = payload[offset + 13] if offset + 14 <= len(payload) else 0
+        elif number == 17 and len(payload) > offset + 8:
+            data = payload[offset + 8 :]
     proto = PROTOCOLS.get(number, str(number))
-    return PacketEvent(time, family, src, dst, proto, sport, dport, flags, iface, prefix)
+    return PacketEvent(time, family, src, dst, proto, sport, dport, flags, iface, prefix, data)
 
 
 _ntop = socket.inet_ntop  # RFC 5952 text like ipaddress's, 10x faster
