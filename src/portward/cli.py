@@ -548,6 +548,71 @@ def knockd(
     sys.exit(knockd_main(argv))
 
 
+# ------------------------------------------------------------------------------------------ SPA
+
+
+@cli.command()
+@policy_option
+@click.option("--json-log", is_flag=True, help="One JSON object per line (source, door, verdict, reason).")
+@click.option("--log-file", metavar="FILE", help="Log here instead of stdout.")
+@click.pass_context
+def spad(ctx: click.Context, policy: str, json_log: bool, log_file: str | None) -> None:
+    """SPA daemon for the policy's [[spa]] doors (fwknop's protocol; the kernel expires every grant)."""
+    from portward.daemons.spad import main as spad_main
+
+    argv = ["-p", policy, "--state-dir", str(ctx.obj.state_dir)] + (["--json-log"] if json_log else [])
+    sys.exit(spad_main(argv + (["--log-file", log_file] if log_file else [])))
+
+
+@cli.command()
+@click.argument("host")
+@click.option("--open", "open_", multiple=True, required=True, metavar="PORT/PROTO", help="What to open (repeat).")
+@click.option("--allow", metavar="IP", help="Ask access for this address [the one this host uses to reach HOST].")
+@click.option("--source", is_flag=True, help="Ask access for the packet's source address (fwknop -s).")
+@click.option("-4", "ipv4", is_flag=True, help="Use IPv4.")
+@click.option("-6", "ipv6", is_flag=True, help="Use IPv6.")
+@click.option("--port", type=click.IntRange(1, 65535), default=62201, show_default=True, help="The server's SPA port.")
+@click.option("--key-base64", metavar="K", help="Rijndael key (fwknop's KEY_BASE64).")
+@click.option("--hmac-key-base64", metavar="H", help="HMAC-SHA256 key (fwknop's HMAC_KEY_BASE64).")
+@click.option("--key-file", metavar="FILE", help="Read the key from FILE (base64, or fwknop --key-gen output).")
+@click.option("--hmac-key-file", metavar="FILE", help="Read the HMAC key from FILE.")
+@click.option("--timeout", "--fw-timeout", "timeout", type=click.IntRange(1, 86400),
+              help="Ask for this many seconds (the door caps it at max_open_for).")
+@json_option
+@click.pass_context
+def spa(
+    ctx: click.Context, host: str, open_: tuple[str, ...], allow: str | None, source: bool, ipv4: bool, ipv6: bool,
+    port: int, key_base64: str | None, hmac_key_base64: str | None, key_file: str | None, hmac_key_file: str | None,
+    timeout: int | None, json_output: bool,
+) -> None:
+    """SPA client: one fwknop-compatible packet asking HOST to open ports for one address (v4 and v6)."""
+
+    def action() -> Any:
+        from portward.daemons.fko import STOCK_FWKNOPD_MAX_PAYLOAD
+        from portward.daemons.spa_client import load_key, parse_access, send
+        from portward.errors import InputError
+        from portward.result import Result
+
+        if allow and source:
+            raise InputError("give --allow IP or --source, not both")
+        key = load_key(key_base64, key_file, "KEY_BASE64", missing="no key: give --key-base64 K or --key-file F")
+        hmac_key = load_key(hmac_key_base64, hmac_key_file, "HMAC_KEY_BASE64",
+                            missing="no HMAC key: give --hmac-key-base64 H or --hmac-key-file F")
+        sent = send(host, parse_access(list(open_)), key, hmac_key, allow=allow, source=source,
+                    family=4 if ipv4 else 6 if ipv6 else None, port=port, timeout=timeout)
+        access = [f"{port_}/{proto}" for proto, port_ in sent.access]
+        data = {"host": host, "address": sent.address, "port": sent.port, "allow": sent.allow, "open": access,
+                "timeout": sent.timeout, "bytes": sent.size}
+        lines = [f"sent SPA packet to {sent.address}:{sent.port}/udp: open {', '.join(access)} for {sent.allow}"
+                 + (f" ({sent.timeout} s)" if sent.timeout else "")]
+        if sent.size > STOCK_FWKNOPD_MAX_PAYLOAD:  # fwknopd takes longer payloads for GnuPG ones and drops them
+            lines.append(f"note: {sent.size} bytes — a stock fwknopd ignores SPA packets over "
+                         f"{STOCK_FWKNOPD_MAX_PAYLOAD} bytes; ask for fewer ports per packet if it is one")
+        return Result(data, lines)
+
+    run(ctx, json_output, action)
+
+
 def main() -> None:
     cli(prog_name="portward")
 

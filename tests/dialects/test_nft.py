@@ -52,6 +52,32 @@ interface = "eth-wan"
 action = "drop"
 """,
     "accept-all-keep-forward": '[defaults]\ninbound = "accept"\nforward = "keep"\n',
+    "doors": """
+[zones]
+lan = ["198.18.0.0/24", "2001:db8:0:1::/64", "127.0.0.1"]
+[[knock]]
+name = "ssh"
+sequence = ["7000/tcp", "8000/udp"]
+open = ["22/tcp"]
+[[spa]]
+name = "ssh"
+open = ["22/tcp", "53/udp"]
+from = ["lan"]
+key_base64 = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+hmac_key_base64 = "aG1hY2hrZXlobWFja2V5aG1hY2hrZXlobWFja2V5aG1hY2hrZXk="
+[[spa]]
+name = "admin"
+open = ["2222/tcp"]
+from = ["198.19.0.0/24"]
+key_base64 = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+hmac_key_base64 = "aG1hY2hrZXlobWFja2V5aG1hY2hrZXlobWFja2V5aG1hY2hrZXk="
+[[spa]]
+name = "anyone"
+port = "40000/udp"
+open = ["8443/tcp"]
+key_base64 = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
+hmac_key_base64 = "aG1hY2hrZXlobWFja2V5aG1hY2hrZXlobWFja2V5aG1hY2hrZXk="
+""",
 }
 
 CHECK = """
@@ -95,6 +121,20 @@ def test_rules_do_not_grow_with_the_list() -> None:
     small, large = compiled(10), compiled(5000)
     assert small[0] == large[0]
     assert (small[1], large[1]) == (10, 5000)
+
+
+def test_spa_doors_share_a_port_and_log_only_their_senders() -> None:
+    ruleset = compile_policy(load_policy_text(POLICIES["doors"], "p.toml"))
+    texts = [" ".join(json.dumps(expr) for expr in rule.expr) for rule in ruleset.rules_of("input")]
+    packet_rules = [text for text, rule in zip(texts, ruleset.rules_of("input"), strict=True)
+                    if (rule.comment or "").endswith("packet")]
+    # doors ssh and admin listen on 62201 (one log rule per family, senders of both); anyone on 40000
+    assert len(packet_rules) == 3 and all('"group": 7603' in text for text in packet_rules)
+    senders = ruleset.sets["spa_62201_from_v4"].elements
+    assert senders == ((0xC6120000, 0xC61200FF), (0xC6130000, 0xC61300FF))  # loopback left out
+    grant = ruleset.sets["spa_ssh_open_v6"]
+    assert grant.type == ("ipv6_addr", "inet_proto", "inet_service") and grant.flags == ("timeout",)
+    assert grant.elements is None  # the kernel's: kept across re-applies
 
 
 def test_no_other_table_and_no_flush_ruleset() -> None:

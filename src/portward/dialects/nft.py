@@ -456,9 +456,8 @@ class Compiler:
         for door in self.policy.spa:
             spec = parse_port_spec(door.port)
             by_port.setdefault((spec.proto, spec.first), []).append(door)
-            base = f"spa_{_ident(door.name)}"
             for family in (4, 6):
-                grant = f"{base}_open_v{family}"
+                grant = spa_grant_set(door.name, family)
                 kind = ("ipv4_addr" if family == 4 else "ipv6_addr", "inet_proto", "inet_service")
                 self.out.sets[grant] = SetSpec(grant, kind, ("timeout",), timeout=door.open_for, size=DOOR_SIZE)
                 key = {"concat": [_addr_payload(family, "saddr"), _meta("l4proto"), _payload("th", "dport")]}
@@ -609,6 +608,11 @@ def _port_ranges(specs: list[str] | None) -> list[Any]:
     from portward.policy.addresses import parse_port_spec
 
     return [parse_port_spec(spec) for spec in specs or []]
+
+
+def spa_grant_set(door: str, family: int) -> str:
+    """The set `portward spad` adds a door's grants to (source . proto . port, with timeouts)."""
+    return f"spa_{_ident(door)}_open_v{family}"
 
 
 def _ident(text: str) -> str:

@@ -480,8 +480,9 @@ def status(state_dir: Path) -> Result:
     if confirmed:
         lines.append(f"confirmed: generation {confirmed['generation']}")
     for grant in grants:
+        what = f" {grant['access']}" if grant.get("access") else ""
         lines.append(
-            f"open: {grant['kind']} door {grant['door']!r} for {grant['source']} ({grant['expires_in']}s left)"
+            f"open: {grant['kind']} door {grant['door']!r}{what} for {grant['source']} ({grant['expires_in']}s left)"
         )
     if in_kernel is False and applied:
         lines.append(f"warning: table {FAMILY} {TABLE} is not in the kernel — run `portward restore`")
@@ -510,10 +511,12 @@ def door_grants(nft: Nft, ruleset: Ruleset | None) -> list[Json]:
             for element in item.get("set", {}).get("elem", []):
                 body = element.get("elem", {}) if isinstance(element, dict) else {}
                 value = body.get("val", element)
-                grants.append(
-                    {"kind": match.group(1), "door": match.group(2), "source": value,
-                     "expires_in": body.get("expires")}
-                )
+                grant: Json = {"kind": match.group(1), "door": match.group(2), "source": value,
+                               "expires_in": body.get("expires")}
+                if isinstance(value, dict) and "concat" in value:  # SPA: source . proto . port
+                    source, proto, port = value["concat"]
+                    grant.update(source=source, access=f"{port}/{proto}")
+                grants.append(grant)
     return grants
 
 
