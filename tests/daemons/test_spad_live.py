@@ -218,3 +218,16 @@ def test_the_spa_port_never_answers_and_a_flood_opens_nothing_nor_grows_memory(s
     assert refused + lost >= len(warmup) + 2 * len(garbage)  # every packet was refused (or never delivered)
     spad.kill()
     assert lab.probe("lan", SRV_LAN4, ["62201/udp"])["62201/udp"] == "filtered"  # nor without spad
+
+
+def test_portward_spa_opens_the_real_fwknopds_door(lab: Lab, tmp_path: Path) -> None:
+    if shutil.which("fwknopd") is None:
+        pytest.skip("the stock server (apt package fwknop-server) is missing")
+    from tests.daemons.test_fko import fwknop_rules, start_fwknopd, wait_for
+
+    log = start_fwknopd(lab, tmp_path, K64, H64)
+    done = lab.run("lan", [sys.executable, "-m", "portward", "spa", SRV_LAN4, "--open", "22/tcp", "--key-base64", K64,
+                           "--hmac-key-base64", H64, "--allow", "198.18.0.9"], env={"PYTHONPATH": str(ROOT / "src")})
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: any("-s 198.18.0.9/32 -p tcp -m tcp --dport 22" in rule for rule in fwknop_rules(lab)),
+             what="fwknopd to open 22/tcp for 198.18.0.9", log=log)
