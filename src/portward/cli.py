@@ -293,33 +293,80 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
 @click.option("-p", "--policy", metavar="FILE", help="Also say, per socket, whether the live ruleset matches it.")
 @click.option("--profile", type=click.Choice(["host", "router"]), help="Sysctl profile [policy's, else host].")
 @click.option("--html", "html_file", metavar="FILE", help="Also write a self-contained HTML report.")
+@click.option(
+    "--verify", "verify_files", multiple=True, metavar="FILE",
+    help="`verify --json` output of a vantage point to show in the HTML report (repeat).",
+)
 @click.option("--root", default="/", show_default=True, metavar="DIR", help="Where to look for config files.")
 @json_option
 @click.pass_context
 def audit(
-    ctx: click.Context, policy: str | None, profile: str | None, html_file: str | None, root: str, json_output: bool
+    ctx: click.Context, policy: str | None, profile: str | None, html_file: str | None, verify_files: tuple[str, ...],
+    root: str, json_output: bool,
 ) -> None:
     """What listens, who can reach it (live ruleset), sysctls, other firewalls, legacy configs."""
     as_json = json_output or ctx.obj.json_output
 
     def action() -> Any:
         from portward.audit.report import render, run_audit
+        from portward.errors import InputError
         from portward.result import Result
 
+        if verify_files and not html_file:
+            raise InputError("--verify FILE only adds to the HTML report — add --html FILE")
+        vantage = [(name, read_verify_output(name)) for name in verify_files]
         document = run_audit(policy, root=Path(root), profile=profile)
         lines: list[Any] = [] if as_json else render(document)
         if html_file:
-            try:
-                from portward.report.html import write_report  # type: ignore[import-not-found, unused-ignore]
-            except ImportError:
-                from portward.errors import PortwardError
-
-                raise PortwardError("--html is not available in this version yet — use --json") from None
-            write_report(document, Path(html_file))
+            write_html_report(ctx, document, html_file, vantage)
             lines.append(f"wrote {html_file}")
         return Result(document, lines)
 
     run(ctx, json_output, action)
+
+
+def read_verify_output(name: str) -> Json:
+    """One `portward verify --json` document, refused plainly when the file is something else."""
+    from portward.errors import InputError
+
+    try:
+        text = Path(name).read_text()
+    except OSError as error:
+        raise InputError(f"{name}: cannot read it: {error.strerror} — give the file `verify --json` wrote") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        message = f"{name}:{error.lineno}: not JSON ({error.msg}) — give `portward verify --json` output"
+        raise InputError(message) from None
+    if not isinstance(data, dict) or not {"target", "states", "differences"} <= set(data):
+        raise InputError(f"{name}: not `portward verify --json` output (no target/states/differences)")
+    return data
+
+
+def write_html_report(ctx: click.Context, document: Json, html_file: str, vantage: list[tuple[str, Json]]) -> None:
+    """The HTML report: the audit document plus the generation portward applied (from the state dir)."""
+    from portward.audit.html import ReportContext, write_report
+    from portward.errors import PortwardError
+    from portward.ops.state import State
+
+    applied: Json | None = None
+    state_dir: Path | None = None
+    try:
+        state_dir = ctx.obj.state_dir
+        applied = State(state_dir).load().get("applied")
+    except PortwardError:
+        pass
+    if applied:
+        import time
+
+        stamp = applied.get("time")
+        applied = {"generation": applied["generation"], "policy": applied.get("policy"),
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp)) if stamp else None}
+    context = ReportContext(__version__, str(state_dir) if state_dir else None, applied, vantage)
+    try:
+        write_report(document, Path(html_file), context)
+    except OSError as error:
+        raise PortwardError(f"{html_file}: cannot write the report: {error.strerror} — choose another path") from None
 
 
 @cli.command()

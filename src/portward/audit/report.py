@@ -205,6 +205,58 @@ def difference(live: dict[int, Classes], intended: dict[int, Classes]) -> tuple[
     return extra[:8], missing[:8]
 
 
+# ------------------------------------------------------------------------------- reach per source
+
+SourceSpans = dict[int, sp.Spans]  # family -> remote source addresses
+
+
+def source_spans(loaded: LoadedPolicy | None) -> dict[str, SourceSpans]:
+    """The sources of the audit's matrix: `any` (every remote address) and each zone of the policy (its remote
+    addresses).  `localhost` is answered apart: loopback traffic never meets an interface the evaluator walks."""
+    sources: dict[str, SourceSpans] = {"any": dict(REMOTE)}
+    if loaded is None:
+        return sources
+    for zone in loaded.policy.zones:
+        _is_any, nets = loaded.policy.resolve([zone])
+        spans = {family: sp.intersect(REMOTE[family], sp.normalize(
+            [(net.first, net.last) for net in nets if net.family == family])) for family in (4, 6)}
+        sources[zone] = {family: found for family, found in spans.items() if found}
+    return sources
+
+
+def reach_of(admitted: dict[int, Classes], sources: SourceSpans, interfaces: list[str]) -> str:
+    """`all` when every address of the source may connect on every interface, `none` when not one may,
+    `some` otherwise.  Only the families the socket listens on count."""
+    families = [family for family in admitted if family in sources]
+    if not families:
+        return "none"
+    whole, some = True, False
+    for family in families:
+        wanted = sources[family]
+        for iface in interfaces or ["(none)"]:
+            got = sp.intersect(admitted[family].get(iface, sp.EMPTY), wanted)
+            some = some or bool(got)
+            whole = whole and got == wanted
+    return "all" if whole else "some" if some else "none"
+
+
+def reach(
+    scope: str, live: Exposure, wanted: Exposure | None, sources: dict[str, SourceSpans], interfaces: list[str]
+) -> Json:
+    """Per source (each zone, `any`, `localhost`): may it connect — `all`, `some` or `none` of its addresses —
+    according to the live ruleset and, with a policy, the policy.  Loopback is always admitted by portward and
+    bound-to-loopback sockets are reachable from nowhere else; the live loopback path is not evaluated."""
+    out: Json = {}
+    for name, spans in sources.items():
+        local = scope == "loopback"
+        cell = {"live": "none" if local else reach_of(live.admitted, spans, interfaces)}
+        if wanted is not None:
+            cell["policy"] = "none" if local else reach_of(wanted.admitted, spans, interfaces)
+        out[name] = cell
+    out["localhost"] = {"live": "all"} if wanted is None else {"live": "all", "policy": "all"}
+    return out
+
+
 def policy_listing(loaded: LoadedPolicy, live: list[Json] | None = None) -> list[Json]:
     """The policy compiled, as the listing `nft -j` would show once it is applied (and nothing else is).
 
@@ -344,6 +396,8 @@ def run_audit(policy_path: str | None, *, root: Path = Path("/"), profile: str |
     live = collect(Nft().list_ruleset())
     calculator = ExposureCalculator(Ruleset(live.listing), host)
     intended = ExposureCalculator(Ruleset(policy_listing(loaded, live.listing)), host) if loaded else None
+    sources = source_spans(loaded)
+    reached: dict[tuple[int, int], Json] = {}  # the calculators hand out one Exposure per port range
     sockets = []
     for listener in listeners:
         scope, _family, _address = socket_scope(listener)
@@ -372,8 +426,12 @@ def run_audit(policy_path: str | None, *, root: Path = Path("/"), profile: str |
             entry["unknown"] = found.unknown
         if found.diverted:
             entry["diverted"] = found.diverted
-        if intended is not None:
-            wanted = intended.exposure(listener)
+        wanted = intended.exposure(listener) if intended is not None else None
+        key = (id(found), id(wanted))
+        if key not in reached:
+            reached[key] = reach(scope, found, wanted, sources, host.interfaces)
+        entry["reach"] = reached[key]
+        if wanted is not None:
             entry["policy"] = {"exposure": wanted.exposure, "allowed_from": wanted.allowed_from}
             if wanted.via:
                 entry["policy"]["via"] = wanted.via
