@@ -275,13 +275,16 @@ def export(ctx: click.Context, fmt: str, policy: str, root: str | None, json_out
                 {"format": fmt, "files": [str(Path(root) / name) for name in files], "notes": notes},
                 [*note_lines, *(f"wrote {Path(root) / name}" for name in files)],
             )
+        data = {"format": fmt, "files": [], "notes": notes}
         if rendered.stream and len(files) == 1:
+            # a stream goes straight into a tool (`| iptables-restore`, `| nft -f -`, `| sh`): notes to stderr
+            if not json_output:
+                for line in note_lines:
+                    print(line, file=sys.stderr)
             text = next(iter(files.values()))
-        else:
-            text = "".join(f"# --- /{name}\n{content}" for name, content in files.items())
-        return Result(
-            {"format": fmt, "files": [], "text": text, "notes": notes}, [*note_lines, text.rstrip("\n")]
-        )
+            return Result({**data, "text": text}, [text.rstrip("\n")])
+        text = "".join(f"# --- /{name}\n{content}" for name, content in files.items())
+        return Result({**data, "text": text}, [*note_lines, text.rstrip("\n")])
 
     run(ctx, json_output, action)
 
