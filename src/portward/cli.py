@@ -615,6 +615,20 @@ def spad(ctx: click.Context, policy: str, json_log: bool, log_file: str | None) 
 
 
 @cli.command()
+@policy_option
+@click.option("--log-file", metavar="FILE", help="Write the events here instead of stdout.")
+@click.option("--json", "json_output", is_flag=True, help="One JSON object per line (watch --json in the contract).")
+@click.pass_context
+def watch(ctx: click.Context, policy: str, log_file: str | None, json_output: bool) -> None:
+    """Follow denied attempts (log_denied): one event per line; scan alerts, kernel bans, spawn commands."""
+    from portward.daemons.watch import main as watch_main
+
+    as_json = json_output or ctx.obj.json_output
+    argv = ["-p", policy] + (["--json"] if as_json else [])
+    sys.exit(watch_main(argv + (["--log-file", log_file] if log_file else [])))
+
+
+@cli.command()
 @click.argument("host")
 @click.option("--open", "open_", multiple=True, required=True, metavar="PORT/PROTO", help="What to open (repeat).")
 @click.option("--allow", metavar="IP", help="Ask access for this address [the one this host uses to reach HOST].")

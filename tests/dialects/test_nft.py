@@ -52,6 +52,41 @@ interface = "eth-wan"
 action = "drop"
 """,
     "accept-all-keep-forward": '[defaults]\ninbound = "accept"\nforward = "keep"\n',
+    "watch": """
+[defaults]
+inbound = "reject"
+log_denied = true
+[[inbound]]
+name = "ssh"
+ports = ["22/tcp"]
+from = ["any"]
+[block]
+from = ["203.0.113.0/24", "2001:db8:bad::/48"]
+[[knock]]
+name = "ssh"
+sequence = ["7000/tcp", "8000/udp", "7000/udp"]
+open = ["22/tcp"]
+[[knock]]
+name = "one"
+sequence = ["9000/tcp"]
+open = ["2222/tcp"]
+[watch]
+scan_ports = 12
+scan_window = 172800
+ban_for = 3600
+""",
+    "watch-alert-only": """
+[defaults]
+log_denied = true
+[[inbound]]
+name = "web"
+ports = ["443/tcp"]
+from = ["any"]
+[watch]
+scan_ports = 2
+ban_for = 0
+spawn = ["logger", "%a"]
+""",
     "doors": """
 [zones]
 lan = ["198.18.0.0/24", "2001:db8:0:1::/64", "127.0.0.1"]

@@ -37,6 +37,11 @@ NFLOG_GROUP_DENIED = 7601
 DENIED_LOG_PREFIX = "portward denied "
 NFLOG_GROUP_SPA = 7603  # SPA packets for `portward spad` (7602 is `portward knockd`'s)
 SPA_LOG_PREFIX = "portward spa "
+# `[watch]`: the kernel's scan verdicts go to the denied group with their own prefixes (see Compiler._watch_scans)
+BAN_LOG_PREFIX = "portward ban "
+SCAN_LOG_PREFIX = "portward scan "
+WATCH_SIZE = 65535  # bounded state per watch set: a flood of sources cannot grow it further
+WATCH_PROTOCOLS = ["tcp", "udp", "sctp"]  # transport headers with a destination port: what a port scan touches
 ICMP_ESSENTIAL = ["destination-unreachable", "time-exceeded", "parameter-problem"]
 ICMPV6_ESSENTIAL = [
     "destination-unreachable",
@@ -351,6 +356,7 @@ class Compiler:
         self._rule(
             "input", "icmpv6 essential", _match(_payload("icmpv6", "type"), {"set": ICMPV6_ESSENTIAL}), {"accept": None}
         )
+        self._watch_bans()
         if defaults.ping:
             for proto in ("icmp", "icmpv6"):
                 self._rule(
@@ -506,18 +512,93 @@ class Compiler:
             self._traffic_rule("output", "outbound", rule, "daddr", "oifname")
         self._final("output", defaults.outbound, False)
 
-    def _log_denied(self) -> list[Json]:
+    def _log_denied(self, prefix: str = DENIED_LOG_PREFIX) -> list[Json]:
         # the kernel rate limit keeps a flood from reaching user space at line rate
-        return [_limit(50, "second", 100), {"log": {"prefix": DENIED_LOG_PREFIX, "group": NFLOG_GROUP_DENIED}}]
+        return [_limit(50, "second", 100), {"log": {"prefix": prefix, "group": NFLOG_GROUP_DENIED}}]
 
     def _final(self, chain: str, verdict: str, log_denied: bool) -> None:
         if verdict == "accept":
             return
+        if chain == "input" and watching(self.policy):
+            self._watch_scans()
         if log_denied:
             self._rule(chain, "log denied", *self._log_denied())
         if verdict == "reject":
             self._rule(chain, "reject", _match(_meta("l4proto"), "tcp"), {"reject": {"type": "tcp reset"}})
             self._rule(chain, "reject", {"reject": {"type": "icmpx", "expr": "port-unreachable"}})
+
+    # watch: scans and bans --------------------------------------------------------------------------
+
+    def _watch_bans(self) -> None:
+        """Drop every new packet from a banned source, before anything that could accept it.
+
+        After `established` on purpose: a ban stops new connections (allowed ports included, knock and SPA
+        doors too) but leaves running ones alone, so a forged sweep in a peer's name cannot cut that peer's
+        sessions, and an operator who scans the host from their ssh session keeps the session. After the
+        essential ICMP as well: neighbour discovery with a banned host must go on for those sessions.
+        """
+        if not watching(self.policy):
+            if "watch" in self.policy.model_fields_set:
+                why = "log_denied is off" if not self.policy.defaults.log_denied else "inbound = accept denies nothing"
+                self.out.notes.append(f"[watch]: no scan detection or bans ({why})")
+            return
+        if self.policy.watch.ban_for == 0:
+            return
+        for family in (4, 6):
+            name = self._watch_set("ban", family, self.policy.watch.ban_for)
+            self._rule("input", "watch ban", _match(_addr_payload(family, "saddr"), f"@{name}"), {"drop": None})
+
+    def _watch_scans(self) -> None:
+        """Count, per source, the distinct ports its denied packets touch; at `scan_ports`, ban it at once.
+
+        Per family, one rule at the end of input (only denied packets get there):
+        - `watch_seen_vN` (source . protocol . port, timeout scan_window): a port counts once per window,
+          so retransmissions and a client retrying one closed port never add up;
+        - `watch_scan_vN` (source, timeout scan_window, elements added and never refreshed): each element
+          carries its own packet limit of scan_ports - 1 that does not refill within the window, so the
+          scan_ports-th distinct port within scan_window of the first one is "over" -- that packet itself;
+        - `watch_ban_vN` (timeout ban_for) gets the source, and the packet is logged with the prefix
+          "portward ban " (alert only, ban_for = 0: `watch_alert_vN` with timeout scan_window, prefix
+          "portward scan "), once: the ban rule drops the source from then on, the alert set is checked.
+        The window is fixed from the first counted port, not sliding. Only TCP, UDP and SCTP packets to one of
+        this host's own addresses count (not broadcast or multicast chatter), and not the knock doors' ports:
+        a knock sequence is not a scan. Every set is bounded (WATCH_SIZE); when one is full, new sources are
+        not counted (nor banned) until elements expire, and nothing else is affected.
+        """
+        watch = self.policy.watch
+        knock_ports = sorted({(spec.proto, spec.first) for door in self.policy.knock
+                              for spec in map(parse_port_spec, door.sequence)})
+        verdict_set, prefix = ("ban", BAN_LOG_PREFIX) if watch.ban_for else ("alert", SCAN_LOG_PREFIX)
+        limit = _scan_limit(watch.scan_ports, watch.scan_window)
+        head: list[Json] = [
+            _match(_meta("l4proto"), {"set": list(WATCH_PROTOCOLS)}),
+            _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local"),
+        ]
+        if knock_ports:
+            doors = [{"concat": [proto, port]} for proto, port in knock_ports]
+            head.append(_match({"concat": [_meta("l4proto"), _payload("th", "dport")]}, {"set": doors}, "!="))
+        for family in (4, 6):
+            saddr = _addr_payload(family, "saddr")
+            key = {"concat": [saddr, _meta("l4proto"), _payload("th", "dport")]}
+            seen = self._watch_set("seen", family, watch.scan_window)
+            scan = self._watch_set("scan", family, watch.scan_window)
+            verdict = self._watch_set(verdict_set, family, watch.ban_for or watch.scan_window)
+            self._rule(
+                "input", "watch scan", *head,
+                _match(key, f"@{seen}", "!="),
+                {"set": {"op": "add", "elem": key, "set": f"@{seen}"}},
+                {"set": {"op": "add", "elem": saddr, "set": f"@{scan}", "stmt": [limit]}},
+                _match(saddr, f"@{verdict}", "!="),
+                {"set": {"op": "add", "elem": saddr, "set": f"@{verdict}"}},
+                *self._log_denied(prefix),
+            )
+
+    def _watch_set(self, kind: str, family: int, timeout: int) -> str:
+        name = watch_set(kind, family)
+        address = "ipv4_addr" if family == 4 else "ipv6_addr"
+        key: str | tuple[str, ...] = (address, "inet_proto", "inet_service") if kind == "seen" else address
+        self.out.sets[name] = SetSpec(name, key, ("timeout",), timeout=timeout, size=WATCH_SIZE)
+        return name
 
     def _traffic_rule(
         self, chain: str, section: str, rule: InboundRule | OutboundRule, direction: str, iface_key: str
@@ -610,6 +691,29 @@ def _port_ranges(specs: list[str] | None) -> list[Any]:
     return [parse_port_spec(spec) for spec in specs or []]
 
 
+def watching(policy: Policy) -> bool:
+    """Scan detection and bans are compiled when the policy has a `[watch]` table, logs denied packets, and
+    denies something by default. Without `[watch]`, log_denied only logs: bans are never a surprise."""
+    return (
+        policy.defaults.log_denied and "watch" in policy.model_fields_set and policy.defaults.inbound != "accept"
+    )
+
+
+def watch_set(kind: str, family: int) -> str:
+    """`watch_seen_vN`, `watch_scan_vN`, `watch_ban_vN` or `watch_alert_vN` (status lists the ban sets)."""
+    return f"watch_{kind}_v{family}"
+
+
+def _scan_limit(scan_ports: int, scan_window: int) -> Json:
+    """A limit that holds scan_ports - 1 packets and refills less than one packet within scan_window.
+
+    The kernel's bucket holds `burst` packets of 1/rate each and starts full; 1/day refills a packet a day,
+    1/week for windows of a day and more (its bucket overflows 64 bits above ~30,000 packets: then 1/day)."""
+    burst = scan_ports - 1
+    per = "week" if scan_window >= 86400 and burst <= 30000 else "day"
+    return _limit(1, per, burst, inv=True)
+
+
 def spa_grant_set(door: str, family: int) -> str:
     """The set `portward spad` adds a door's grants to (source . proto . port, with timeouts)."""
     return f"spa_{_ident(door)}_open_v{family}"
@@ -686,6 +790,8 @@ def _value_text(value: Any) -> str:
             return f"meta {value['meta']['key']}"
         if "ct" in value:
             return f"ct {value['ct']['key']}"
+        if "fib" in value:
+            return f"fib {' . '.join(value['fib']['flags'])} {value['fib']['result']}"
         if "concat" in value:
             return " . ".join(_value_text(item) for item in value["concat"])
         if "&" in value:

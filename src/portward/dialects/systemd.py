@@ -124,7 +124,10 @@ def render(policy: Policy, root: Path) -> tuple[dict[str, str], list[str]]:
                 lines.append("FreeBind=yes")
             files[f"etc/systemd/system/{unit}.d/{DROP_IN}"] = "\n".join(lines) + "\n"
     if ported:
-        notes.append(f"IPAddressAllow= covers every port of a unit: {', '.join(ported)} — the nftables policy keeps the port limits")
+        notes.append(
+            f"IPAddressAllow= covers every port of a unit: {', '.join(ported)} — the nftables policy keeps the "
+            "port limits"
+        )
     if files and not cgroup_bpf_available():
         notes.append(
             "this host has no cgroup v2 (cgroup-BPF): systemd accepts IPAddressAllow=/IPAddressDeny= but enforces "

@@ -448,11 +448,14 @@ def status(state_dir: Path) -> Result:
     confirmed = state.data.get("confirmed")
     in_kernel: bool | None
     grants: list[Json] = []
+    bans: list[Json] = []
     try:
         nft = Nft()
         in_kernel = nft.table_exists()
         if in_kernel and applied:
-            grants = door_grants(nft, state.read_ruleset(int(applied["generation"])))
+            ruleset = state.read_ruleset(int(applied["generation"]))
+            grants = door_grants(nft, ruleset)
+            bans = watch_bans(nft, ruleset)
     except PortwardError:
         in_kernel = None
     data: Json = {
@@ -461,6 +464,7 @@ def status(state_dir: Path) -> Result:
         "pending": None,
         "table_present": in_kernel,
         "grants": grants,
+        "bans": bans,
     }
     lines = []
     if applied:
@@ -484,6 +488,8 @@ def status(state_dir: Path) -> Result:
         lines.append(
             f"open: {grant['kind']} door {grant['door']!r}{what} for {grant['source']} ({grant['expires_in']}s left)"
         )
+    for ban in bans:
+        lines.append(f"banned: {ban['source']} (scan) for {ban['expires_in']}s more")
     if in_kernel is False and applied:
         lines.append(f"warning: table {FAMILY} {TABLE} is not in the kernel — run `portward restore`")
     return Result(data, lines)
@@ -518,6 +524,27 @@ def door_grants(nft: Nft, ruleset: Ruleset | None) -> list[Json]:
                     grant.update(source=source, access=f"{port}/{proto}")
                 grants.append(grant)
     return grants
+
+
+def watch_bans(nft: Nft, ruleset: Ruleset | None) -> list[Json]:
+    """Sources the kernel banned for scanning (`[watch]`), with the seconds each ban has left, soonest first."""
+    from portward.dialects.nft import watch_set
+
+    bans: list[Json] = []
+    for family in (4, 6):
+        name = watch_set("ban", family)
+        if ruleset is None or name not in ruleset.sets:
+            continue
+        try:
+            listing = nft.run([{"list": {"set": {"family": FAMILY, "table": TABLE, "name": name}}}])
+        except PortwardError:
+            continue
+        for item in listing:
+            for element in item.get("set", {}).get("elem", []):
+                body = element.get("elem", {}) if isinstance(element, dict) else {}
+                bans.append({"source": body.get("val", element), "family": family, "expires_in": body.get("expires"),
+                             "timeout": body.get("timeout", item["set"].get("timeout"))})
+    return sorted(bans, key=lambda ban: (ban["expires_in"] is None, ban["expires_in"] or 0))
 
 
 def _public(entry: Json | None) -> Json | None:
