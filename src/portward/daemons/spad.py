@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import re
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -45,6 +47,9 @@ TIME_WINDOW_S = fko.MAX_CLOCK_SKEW  # fwknopd's MAX_SPA_PACKET_AGE
 NFLOG_COPY = 1600  # an IPv6 header, a UDP header and fwknop's largest payload (1500)
 REPLAY_FILE = "spa-replay"
 REJECT_LINES_PER_S = 20  # beyond this, rejections are counted and summed up once a second
+HMAC_CHARS = 43  # unpadded base64 of HMAC-SHA256, the payload's tail
+_B64_TAIL = re.compile(rb"[A-Za-z0-9+/]{%d}" % HMAC_CHARS)
+NFLOG_RCVBUF = 2 << 20  # ≈1,200 queued SPA packets: under a flood a valid one waits ≈0.1 s, not seconds
 
 
 @dataclass(frozen=True)
@@ -200,12 +205,16 @@ class SpaServer:
         candidates = self._by_port.get((proto, port))
         if not candidates:
             return Outcome("rejected", "port", source, detail=f"no door on {port}/{proto}")
-        address = int(ipaddress.ip_address(source))
-        candidates = [door for door in candidates if door.admits_sender(family, address)]
-        if not candidates:
-            return Outcome("rejected", "from", source, detail="the sender is outside every door's `from`")
+        if any(door.senders is not None for door in candidates):
+            packed = socket.inet_pton(socket.AF_INET6 if family == 6 else socket.AF_INET, source)
+            address = int.from_bytes(packed, "big")
+            candidates = [door for door in candidates if door.admits_sender(family, address)]
+            if not candidates:
+                return Outcome("rejected", "from", source, detail="the sender is outside every door's `from`")
         if not fko.MIN_PAYLOAD <= len(payload) <= fko.MAX_PAYLOAD:
             return Outcome("rejected", "size", source, detail=f"{len(payload)} bytes")
+        if not _B64_TAIL.fullmatch(payload, len(payload) - HMAC_CHARS):  # no HMAC could ever match: skip the work
+            return Outcome("rejected", "hmac", source)
         failure: Outcome | None = None
         for door in candidates:
             try:
@@ -247,6 +256,15 @@ class SpaServer:
             timeout = min(message.client_timeout, door.max_open_for)
         grant = Grant(door.name, granted.version, str(granted), tuple(message.access), timeout)
         return Outcome("granted", "ok", source, door.name, grant)
+
+
+def grant(nft: Any, granted: Grant) -> None:
+    """Put the grant in the kernel: `create` (one small batch) when the elements are new, else refresh them."""
+    commands = grant_commands(granted)
+    try:
+        nft.run([{"create": commands[0]["add"]}])
+    except PortwardError:  # some element exists already: refresh its timeout (or report the real error)
+        nft.run(commands)
 
 
 def grant_commands(grant: Grant) -> list[Json]:
@@ -345,7 +363,7 @@ async def serve(
     rejections = _RejectLog(log, loop.time)
     number = NFLOG_GROUP_SPA if group is None else group
     try:
-        sock = NflogSocket(number, copy_range=NFLOG_COPY)
+        sock = NflogSocket(number, copy_range=NFLOG_COPY, rcvbuf=NFLOG_RCVBUF)
     except BaseException:
         log.close()
         replay.close()
@@ -355,25 +373,34 @@ async def serve(
 
     def readable() -> None:
         nonlocal reported_drops
-        for event in sock.read_events():
-            if not event.data:
-                continue
-            outcome = server.feed(event.src, event.family, event.proto, event.dport, event.data)
-            if outcome.grant is None:
-                rejections.write(outcome)
-                continue
-            try:
-                nft.run(grant_commands(outcome.grant))
-            except PortwardError as error:
-                log.write("error", f"{outcome.source}: {outcome.door}: cannot grant: {error}", source=outcome.source,
-                          door=outcome.door, verdict="error", reason=str(error))
-                continue
-            message, fields = _describe(outcome)
-            log.write("granted", message, **fields)
+        # small batches, so a flood's backlog is never all in memory at once, and a bounded number of them,
+        # so the loop still gets to its timers and signals under a flood
+        for _ in range(16):
+            events = sock.read_events(limit=256)
+            if not events:
+                break
+            for event in events:
+                handle(event)
         if sock.dropped != reported_drops:
             log.write("drops", f"lost {sock.dropped - reported_drops} SPA packets (receive queue full)",
                       dropped=sock.dropped)
             reported_drops = sock.dropped
+
+    def handle(event: Any) -> None:
+        if not event.data:
+            return
+        outcome = server.feed(event.src, event.family, event.proto, event.dport, event.data)
+        if outcome.grant is None:
+            rejections.write(outcome)
+            return
+        try:
+            grant(nft, outcome.grant)
+        except PortwardError as error:
+            log.write("error", f"{outcome.source}: {outcome.door}: cannot grant: {error}", source=outcome.source,
+                      door=outcome.door, verdict="error", reason=str(error))
+            return
+        message, fields = _describe(outcome)
+        log.write("granted", message, **fields)
 
     def tick() -> None:
         rejections.flush()

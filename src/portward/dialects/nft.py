@@ -37,6 +37,8 @@ NFLOG_GROUP_DENIED = 7601
 DENIED_LOG_PREFIX = "portward denied "
 NFLOG_GROUP_SPA = 7603  # SPA packets for `portward spad` (7602 is `portward knockd`'s)
 SPA_LOG_PREFIX = "portward spa "
+SPA_MIN_UDP, SPA_MAX_UDP = 8 + 140, 8 + 1500  # UDP lengths of fwknop's payload bounds
+SPA_RATE, SPA_BURST = 10, 20  # SPA packets per second a single sender may have looked at
 # `[watch]`: the kernel's scan verdicts go to the denied group with their own prefixes (see Compiler._watch_scans)
 BAN_LOG_PREFIX = "portward ban "
 SCAN_LOG_PREFIX = "portward scan "
@@ -472,6 +474,17 @@ class Compiler:
             names = ", ".join(door.name for door in doors)
             dport = _match(_payload(proto, "dport"), port)
             log = {"log": {"prefix": SPA_LOG_PREFIX, "group": NFLOG_GROUP_SPA}}
+            # only what could be an SPA packet reaches spad, and no one sender can fill its queue: a flood from
+            # one address is dropped here, so a real client's packet does not wait behind it
+            self._rule("input", f"spa {names} size", dport, _match(_payload("udp", "length"),
+                       {"range": [SPA_MIN_UDP, SPA_MAX_UDP]}, "!="), {"drop": None})
+            for family in (4, 6):
+                meter = f"spa_{port}_rate_v{family}"
+                self.out.sets[meter] = SetSpec(meter, "ipv4_addr" if family == 4 else "ipv6_addr", ("timeout",),
+                                               timeout=60, size=METER_SIZE)
+                update = {"set": {"op": "update", "elem": _addr_payload(family, "saddr"), "set": f"@{meter}",
+                                  "stmt": [_limit(SPA_RATE, "second", SPA_BURST, inv=True)]}}
+                self._rule("input", f"spa {names} rate", dport, update, {"drop": None})
             senders: list[Net] = []
             everyone = False
             for door in doors:
