@@ -77,6 +77,36 @@ def read_input(name: str) -> str:
         raise InputError(f"{name}: cannot read it: {error.strerror} — check the path") from None
 
 
+def comment_safe(text: str) -> str:
+    """Text safe inside a TOML comment: control characters and undecodable bytes become '?'."""
+    return "".join(char if char.isprintable() else "?" for char in text)
+
+
+def toml_lines(values: dict[str, Any]) -> list[str]:
+    """`key = value` lines (values as JSON, which TOML reads the same for strings, numbers, lists, booleans)."""
+    import json
+
+    return [f"{key} = {json.dumps(value, ensure_ascii=False)}" for key, value in values.items()]
+
+
+def doors_policy_text(tool: str, config: str, paths: list[str], notes: list[str], blocks: list[list[str]]) -> str:
+    """The policy an importer of door daemons' configs (knockd, fwknop) writes: notes, a drop default, doors."""
+    lines = [f"# imported by portward from {tool} config {', '.join(map(comment_safe, paths))}",
+             "# review it, then: portward check -p FILE", ""]
+    lines += [f"# NOTE {comment_safe(note)}" for note in notes]
+    if notes:
+        lines.append("")
+    lines += [
+        "[defaults]",
+        f"# {config} says nothing about what else may connect: add [[inbound]] rules (ssh from your LAN, …)",
+        'inbound = "drop"',
+        "",
+    ]
+    for block in blocks:
+        lines += [*block, ""]
+    return "\n".join(lines)
+
+
 def _resolve(spec: str) -> Any:
     module, _, name = spec.partition(":")
     try:

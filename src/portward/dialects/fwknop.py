@@ -33,14 +33,13 @@ import base64
 import binascii
 import difflib
 import ipaddress
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from portward.dialects import Converted, read_input
+from portward.dialects import Converted, comment_safe, doors_policy_text, read_input, toml_lines
 from portward.errors import InputError, Problem, ProblemsError
 
 __all__ = [
@@ -608,14 +607,14 @@ def read_policy(paths: list[str]) -> Converted:
             continue
         notes += door_notes
         if values is not None:
-            blocks.append([f"# from {_printable(stanza.file)}:{stanza.line} (SOURCE {_printable(stanza.source)})",
-                           "[[spa]]", *_toml_lines(values), *_missing_hmac(values)])
+            blocks.append([f"# from {comment_safe(stanza.file)}:{stanza.line} (SOURCE {comment_safe(stanza.source)})",
+                           "[[spa]]", *toml_lines(values), *_missing_hmac(values)])
     if problems:
         raise FwknopConfigError(problems[:MAX_PROBLEMS])
     if blocks:
         notes.append(f"{paths[0]}: the policy now holds the SPA keys — keep it readable by root only (`import -o` "
                      "writes it so), or move them to key_file / hmac_key_file")
-    return Converted(_policy_text(paths, notes, blocks), notes, {"doors": len(blocks)})
+    return Converted(doors_policy_text("fwknop", "access.conf", paths, notes, blocks), notes, {"doors": len(blocks)})
 
 
 def _missing_hmac(values: dict[str, Any]) -> list[str]:
@@ -624,26 +623,3 @@ def _missing_hmac(values: dict[str, Any]) -> list[str]:
     return ['# hmac_key_base64 = "…"   # needed by portward spad: make one with `fwknop --key-gen`']
 
 
-def _printable(text: str) -> str:
-    return "".join(char if char.isprintable() else "?" for char in text)
-
-
-def _toml_lines(values: dict[str, Any]) -> list[str]:
-    return [f"{key} = {json.dumps(value, ensure_ascii=False)}" for key, value in values.items()]
-
-
-def _policy_text(paths: list[str], notes: list[str], blocks: list[list[str]]) -> str:
-    lines = [f"# imported by portward from fwknop config {', '.join(map(_printable, paths))}",
-             "# review it, then: portward check -p FILE", ""]
-    lines += [f"# NOTE {_printable(note)}" for note in notes]
-    if notes:
-        lines.append("")
-    lines += [
-        "[defaults]",
-        "# access.conf says nothing about what else may connect: add [[inbound]] rules (ssh from your LAN, …)",
-        'inbound = "drop"',
-        "",
-    ]
-    for block in blocks:
-        lines += [*block, ""]
-    return "\n".join(lines)

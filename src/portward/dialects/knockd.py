@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from portward.dialects import Converted, read_input
+from portward.dialects import Converted, comment_safe, doors_policy_text, read_input, toml_lines
 from portward.errors import InputError, Problem, ProblemsError
 
 __all__ = [
@@ -1103,7 +1103,7 @@ def read_policy(paths: list[str]) -> Converted:
     notes = [note for result in results for note in result.notes]
     blocks = [block for result in results for block in result.blocks]
     data = {"doors": sum(r.doors for r in results), "commented": sum(r.commented for r in results)}
-    return Converted(_policy_text(paths, notes, blocks), notes, data)
+    return Converted(doors_policy_text("knockd", "knockd.conf", paths, notes, blocks), notes, data)
 
 
 def _option_lines(text: str) -> dict[str, int]:
@@ -1202,8 +1202,8 @@ def _open_door(item: _Door, config: KnockdConfig, result: _Import) -> None:
     if interface is not None:
         values["interface"] = interface
     _door_notes(door, change, result)
-    comment = f"# from {config.file}:{door.line} [{_printable(door.name)}]: {_printable(door.start_command or '')}"
-    result.blocks.append([comment, "[[knock]]", *_toml_lines(values)])
+    comment = f"# from {config.file}:{door.line} [{comment_safe(door.name)}]: {comment_safe(door.start_command or '')}"
+    result.blocks.append([comment, "[[knock]]", *toml_lines(values)])
     result.doors += 1
 
 
@@ -1239,7 +1239,7 @@ def _door_interface(door: KnockdDoor, listening: str | None, rule: str | None, r
         result.note(line, door, f"knocks come in on {interface} but the rule opens {rule}: the door uses {interface}")
     interface = interface or rule
     if interface is not None and not _POLICY_INTERFACE.match(interface):
-        result.note(line, door, f"interface {_printable(interface)!r} is not a name a policy takes — left out")
+        result.note(line, door, f"interface {comment_safe(interface)!r} is not a name a policy takes — left out")
         return None
     return interface
 
@@ -1272,9 +1272,9 @@ def _comment_door(item: _Door, reason: str, result: _Import) -> None:
     if door.sequence:
         values["sequence"] = [f"{knock.port}/{knock.proto}" for knock in door.sequence]
     values["seq_timeout"] = door.seq_timeout
-    block = [f"# from {result.file}:{door.line} [{_printable(door.name)}] — {_printable(reason)}",
-             f"# start_command = {_printable(door.start_command or '')}"]
-    block += [f"# {line}" for line in _toml_lines(values)]
+    block = [f"# from {result.file}:{door.line} [{comment_safe(door.name)}] — {comment_safe(reason)}",
+             f"# start_command = {comment_safe(door.start_command or '')}"]
+    block += [f"# {line}" for line in toml_lines(values)]
     block.append("# open = []   # the ports the command opened, as \"22/tcp\"")
     result.blocks.append(block)
     result.commented += 1
@@ -1292,27 +1292,3 @@ def _option_notes(config: KnockdConfig, lines: dict[str, int], result: _Import) 
                         "(kernel doors log nothing; `portward status` lists who is let in) — not imported")
 
 
-def _printable(text: str) -> str:
-    """Text safe inside a TOML comment: control characters and undecodable bytes become '?'."""
-    return "".join(char if char.isprintable() else "?" for char in text)
-
-
-def _toml_lines(values: dict[str, Any]) -> list[str]:
-    return [f"{key} = {json.dumps(value, ensure_ascii=False)}" for key, value in values.items()]
-
-
-def _policy_text(paths: list[str], notes: list[str], blocks: list[list[str]]) -> str:
-    lines = [f"# imported by portward from knockd config {', '.join(map(_printable, paths))}",
-             "# review it, then: portward check -p FILE", ""]
-    lines += [f"# NOTE {_printable(note)}" for note in notes]
-    if notes:
-        lines.append("")
-    lines += [
-        "[defaults]",
-        "# knockd.conf says nothing about what else may connect: add [[inbound]] rules (ssh from your LAN, …)",
-        'inbound = "drop"',
-        "",
-    ]
-    for block in blocks:
-        lines += [*block, ""]
-    return "\n".join(lines)
