@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import syslog
 import time
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, TextIO
 
-from portward.errors import PortwardError
+from portward.errors import EXIT_OK, EXIT_RUNTIME, PortwardError
 
 
 class EventLog:
@@ -64,3 +66,24 @@ class EventLog:
             self._file.close()
         if self.use_syslog:
             syslog.closelog()
+
+
+def run_daemon(name: str, start: Callable[[], Coroutine[Any, Any, None]], *, json_errors: bool = False) -> int:
+    """Run a daemon's coroutine to the end; its errors become a message and an exit code, never a traceback.
+
+    ``start`` builds the coroutine (reading the policy or config inside it, so their errors are caught too).
+    With ``json_errors`` a PortwardError is also printed on stdout as one JSON object (for `--json` readers)."""
+    try:
+        asyncio.run(start())
+    except PortwardError as error:
+        if json_errors:
+            print(json.dumps(error.as_json()), flush=True)
+        for line in error.lines():
+            print(line, file=sys.stderr)
+        return error.exit_code
+    except OSError as error:  # NFLOG group taken by another process, log or pid file not writable ...
+        print(f"portward: {name}: {error}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from portward.daemons.eventlog import EventLog
+from portward.daemons.eventlog import EventLog, run_daemon
 from portward.dialects.knockd import (
     KnockdConfig,
     KnockdDoor,
@@ -47,7 +47,7 @@ from portward.dialects.knockd import (
     read_knockd_conf,
     read_one_time_sequences,
 )
-from portward.errors import EXIT_OK, EXIT_RUNTIME, PortwardError
+from portward.errors import PortwardError
 from portward.kernel.nflog import PacketEvent
 
 __all__ = [
@@ -748,19 +748,12 @@ def main(argv: list[str] | None = None) -> int:
         "--table", default=DEFAULT_TABLE, help=f"nftables table (inet) to own (default {DEFAULT_TABLE})"
     )
     args = parser.parse_args(argv)
-    try:
+
+    async def start() -> None:
         config = read_knockd_conf(args.config)
-        asyncio.run(serve(config, json_log=args.json_log, group=args.group, table=args.table, interface=args.interface))
-    except PortwardError as error:
-        for line in error.lines():
-            print(line, file=sys.stderr)
-        return error.exit_code
-    except OSError as error:  # NFLOG bind refused, pid file not writable ...
-        print(f"portward: knockd: {error}", file=sys.stderr)
-        return EXIT_RUNTIME
-    except KeyboardInterrupt:
-        return 130
-    return EXIT_OK
+        await serve(config, json_log=args.json_log, group=args.group, table=args.table, interface=args.interface)
+
+    return run_daemon("knockd", start)
 
 
 if __name__ == "__main__":

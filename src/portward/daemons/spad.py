@@ -27,7 +27,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -36,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from portward.daemons import fko
-from portward.daemons.eventlog import EventLog
-from portward.errors import EXIT_OK, EXIT_RUNTIME, InputError, PortwardError
+from portward.daemons.eventlog import EventLog, run_daemon
+from portward.errors import InputError, PortwardError
 from portward.policy.addresses import PortRange, merge_spans, parse_port_spec
 
 __all__ = ["Door", "Grant", "Outcome", "ReplayCache", "SpaServer", "load_doors", "main", "serve"]
@@ -453,22 +452,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     from portward.ops.state import state_dir_from
     from portward.policy.toml import load_policy
 
-    try:
+
+    async def start() -> None:
         loaded = load_policy(args.policy)
         doors = load_doors(loaded)
         if not doors:
             raise InputError(f"{args.policy}: no [[spa]] doors — add one (see `portward import --from fwknop`)")
-        asyncio.run(
-            serve(doors, state_dir=state_dir_from(args.state_dir), json_log=args.json_log, log_file=args.log_file)
-        )
-    except PortwardError as error:
-        for line in error.lines():
-            print(line, file=sys.stderr)
-        return error.exit_code
-    except OSError as error:  # NFLOG group taken, state dir not writable ...
-        print(f"portward: spad: {error}", file=sys.stderr)
-        return EXIT_RUNTIME
-    except KeyboardInterrupt:
-        return 130
-    return EXIT_OK
+        await serve(doors, state_dir=state_dir_from(args.state_dir), json_log=args.json_log, log_file=args.log_file)
+
+    return run_daemon("spad", start)
 

@@ -42,9 +42,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from portward.daemons.eventlog import EventLog
+from portward.daemons.eventlog import EventLog, run_daemon
 from portward.dialects.nft import BAN_LOG_PREFIX, DENIED_LOG_PREFIX, NFLOG_GROUP_DENIED, SCAN_LOG_PREFIX
-from portward.errors import EXIT_OK, EXIT_RUNTIME, InputError, PortwardError
+from portward.errors import InputError, PortwardError
 from portward.kernel.nflog import PacketEvent
 
 __all__ = [
@@ -497,20 +497,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--log-file", metavar="FILE", help="write here instead of stdout")
     args = parser.parse_args(list(argv) if argv is not None else None)
-    try:
-        asyncio.run(serve(load_settings(args.policy), json_lines=args.json, log_file=args.log_file))
-    except PortwardError as error:
-        if args.json:
-            print(json.dumps(error.as_json()), flush=True)
-        for line in error.lines():
-            print(line, file=sys.stderr)
-        return error.exit_code
-    except OSError as error:  # NFLOG group taken (another watch), log file not writable ...
-        print(f"portward: watch: {error}", file=sys.stderr)
-        return EXIT_RUNTIME
-    except KeyboardInterrupt:
-        return 130
-    return EXIT_OK
+    return run_daemon(
+        "watch",
+        lambda: serve(load_settings(args.policy), json_lines=args.json, log_file=args.log_file),
+        json_errors=args.json,
+    )
 
 
 if __name__ == "__main__":
