@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from portward.audit.exposure import Evaluator, Question, Ruleset
 from portward.audit.report import policy_listing
 from portward.dialects.from_rules import from_listing, merge, to_toml
@@ -79,11 +77,3 @@ def test_cli_import(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "portward", "import", "--from", "iptables-save",
                             str(tmp_path / "rules.v4"), "-o", str(out)], capture_output=True, text=True)
     assert again.returncode == 2 and "--force" in again.stderr
-
-
-@pytest.mark.parametrize("source", ["hosts"])
-def test_not_yet_is_said(source: str, tmp_path: Path) -> None:
-    (tmp_path / "f").write_text("")
-    done = subprocess.run([sys.executable, "-m", "portward", "import", "--from", source, str(tmp_path / "f")],
-                          capture_output=True, text=True)
-    assert done.returncode == 1 and "not available" in done.stderr
