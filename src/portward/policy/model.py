@@ -22,6 +22,9 @@ RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*(?:burst\s+(\d
 RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 SYSCTL_RE = re.compile(r"^net\.[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+$")
 SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+# hosts_options(5) keywords a rule may carry for the hosts.allow export (allow/deny are `action`)
+HOSTS_OPTIONS = ("spawn", "twist", "banners", "severity", "keepalive", "linger", "rfc931", "setenv", "umask", "user",
+                 "group", "nice", "aclexec")
 
 
 def _name(value: str) -> str:
@@ -74,6 +77,21 @@ def _address(value: str) -> str:
     return value
 
 
+def _hosts_options(value: list[str]) -> list[str]:
+    for index, option in enumerate(value):
+        if not option.strip() or any(char in option for char in "\n\r\0"):
+            raise ValueError(f"option {index}: one hosts_options(5) option per string, on one line, not empty")
+        keyword = re.split(r"[\s=]", option.strip(), maxsplit=1)[0].lower()
+        if keyword in ("allow", "deny"):
+            raise ValueError(f"{option!r}: say allow/deny with `action` (accept, drop) — remove it here")
+        if keyword not in HOSTS_OPTIONS:
+            raise ValueError(f"{option!r}: unknown hosts_options(5) option {keyword!r} — use one of "
+                             + ", ".join(HOSTS_OPTIONS))
+        if keyword == "twist" and index != len(value) - 1:
+            raise ValueError("twist ends a rule in libwrap — make it the last option")
+    return value
+
+
 def looks_like_address(value: str) -> bool:
     return ":" in value or (bool(value) and value[0].isdigit() and "." in value) or "/" in value
 
@@ -110,6 +128,8 @@ class InboundRule(Strict):
     action: Action = "accept"
     unit: str | None = Field(default=None, pattern=r"^[A-Za-z0-9:_.@\\-]+\.(service|socket)$")
     daemon: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.@-]+$")
+    # hosts_options(5) options for the hosts.allow export (spawn, banners, severity, twist, …), in order
+    hosts_options: Annotated[list[str], AfterValidator(_hosts_options)] | None = Field(default=None, min_length=1)
     listen: Annotated[str, AfterValidator(_address)] | None = None
 
     @property
@@ -248,6 +268,11 @@ class Policy(Strict):
                 found.append(
                     (("spa", index, "max_open_for"), "max_open_for is below open_for — raise it or lower open_for")
                 )
+            if door.hmac_key_base64 is not None and door.hmac_key_file is not None:  # none: spad refuses to start
+                found.append((("spa", index), "give one of hmac_key_base64 or hmac_key_file, not both"))
+            spa_port = parse_port_spec(door.port)
+            if spa_port.proto != "udp" or spa_port.first != spa_port.last:
+                found.append((("spa", index, "port"), "SPA packets arrive on one UDP port — e.g. port = \"62201/udp\""))
         for key, value in self.sysctl.overrides.items():
             if not SYSCTL_RE.match(key):
                 found.append(
