@@ -51,11 +51,11 @@ for line in sys.stdin.buffer.read().split(b"\\n"):
 
 
 class Spad:
-    def __init__(self, lab: Lab, tmp_path: Path) -> None:
+    def __init__(self, lab: Lab, tmp_path: Path, policy: Path | None = None) -> None:
         self.lab, self.tmp_path = lab, tmp_path
         self.log = tmp_path / "spad.log"
         self.portward = Portward(lab, tmp_path / "state")
-        self.policy = write(tmp_path / "p.toml", POLICY)
+        self.policy = policy or write(tmp_path / "p.toml", POLICY)
         self.portward.ok("apply", "-p", str(self.policy), "--yes")
         self.proc: subprocess.Popen[Any] | None = None
         self.start()
@@ -248,3 +248,27 @@ def test_portward_spa_opens_the_real_fwknopds_door(lab: Lab, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     wait_for(lambda: any("-s 198.18.0.9/32 -p tcp -m tcp --dport 22" in rule for rule in fwknop_rules(lab)),
              what="fwknopd to open 22/tcp for 198.18.0.9", log=log)
+
+
+def test_a_stock_access_conf_imports_and_works(lab: Lab, tmp_path: Path) -> None:
+    """fwknopd's own access.conf, imported, applied and served: the stock client gets in, for open_for."""
+    lab.listen("srv", ["22/tcp"])
+    access = write(tmp_path / "access.conf", f"""# fwknopd access.conf
+SOURCE                      ANY
+OPEN_PORTS                  tcp/22
+KEY_BASE64                  {K64}
+HMAC_KEY_BASE64             {H64}
+FW_ACCESS_TIMEOUT           3
+REQUIRE_SOURCE_ADDRESS      Y
+""")
+    policy = tmp_path / "imported.toml"
+    Portward(lab, tmp_path / "state").ok("import", "--from", "fwknop", str(access), "-o", str(policy))
+    spad = Spad(lab, tmp_path, policy)
+    stock_fwknop(lab, "lan", "-A", "tcp/22", "-s", "-D", SRV_LAN4)  # -s: refused, the door requires an address
+    assert spad.wait_for("rejected")[0]["reason"] == "source"
+    stock_fwknop(lab, "lan", "-A", "tcp/22", "-a", LAN4, "-D", SRV_LAN4)
+    (granted,) = spad.wait_for("granted")
+    assert granted["timeout"] == 3 and ssh(lab, "lan", SRV_LAN4) == "open"
+    spad.kill()
+    time.sleep(3.3)
+    assert ssh(lab, "lan", SRV_LAN4) == "filtered"
