@@ -22,7 +22,8 @@ packet (1 in 4: flipped characters, truncated, extended) from a pool of 1024 to 
 connected UDP socket, as fast as it can (40-130k/s here, more than either server handles), then once more
 paced at the issue's 20,000/s. The first flat-out flood meets portward as applied: the kernel lets each
 sender have 10 packets/s (burst 20) looked at, so a one-address flood never reaches spad; the next two
-remove that limit (as a flood from many addresses would pass it) to measure spad itself. During each flood, --valid packets from fresh lan addresses measure
+remove that limit (as a flood from many addresses would pass it) to measure spad itself.
+During each flood, --valid packets from fresh lan addresses measure
 packet -> open (each waits until the flood ends + 1 s; "lost" when it never opened).
 Refused = spad's `rejected` lines + its `suppressed` counts (fwknopd logs nothing for garbage: the UDP
 datagrams its socket delivered, /proc/net/snmp); dropped = spad's `drops` (NFLOG queue full; spad sees
