@@ -509,21 +509,30 @@ def door_grants(nft: Nft, ruleset: Ruleset | None) -> list[Json]:
         match = GRANT_SET.match(name)
         if not match:
             continue
-        try:
-            listing = nft.run([{"list": {"set": {"family": FAMILY, "table": TABLE, "name": name}}}])
-        except PortwardError:
-            continue
-        for item in listing:
-            for element in item.get("set", {}).get("elem", []):
-                body = element.get("elem", {}) if isinstance(element, dict) else {}
-                value = body.get("val", element)
-                grant: Json = {"kind": match.group(1), "door": match.group(2), "source": value,
-                               "expires_in": body.get("expires")}
-                if isinstance(value, dict) and "concat" in value:  # SPA: source . proto . port
-                    source, proto, port = value["concat"]
-                    grant.update(source=source, access=f"{port}/{proto}")
-                grants.append(grant)
+        for value, body, _set in _set_elements(nft, name):
+            grant: Json = {"kind": match.group(1), "door": match.group(2), "source": value,
+                           "expires_in": body.get("expires")}
+            if isinstance(value, dict) and "concat" in value:  # SPA: source . proto . port
+                source, proto, port = value["concat"]
+                grant.update(source=source, access=f"{port}/{proto}")
+            grants.append(grant)
     return grants
+
+
+def _set_elements(nft: Nft, name: str) -> list[tuple[Any, Json, Json]]:
+    """(value, element attributes such as `expires`, the set) for each element of a set of table inet portward;
+    none when the set is not there."""
+    try:
+        listing = nft.run([{"list": {"set": {"family": FAMILY, "table": TABLE, "name": name}}}])
+    except PortwardError:
+        return []
+    found = []
+    for item in listing:
+        listed = item.get("set", {})
+        for element in listed.get("elem", []):
+            body = element.get("elem", {}) if isinstance(element, dict) else {}
+            found.append((body.get("val", element), body, listed))
+    return found
 
 
 def watch_bans(nft: Nft, ruleset: Ruleset | None) -> list[Json]:
@@ -535,15 +544,9 @@ def watch_bans(nft: Nft, ruleset: Ruleset | None) -> list[Json]:
         name = watch_set("ban", family)
         if ruleset is None or name not in ruleset.sets:
             continue
-        try:
-            listing = nft.run([{"list": {"set": {"family": FAMILY, "table": TABLE, "name": name}}}])
-        except PortwardError:
-            continue
-        for item in listing:
-            for element in item.get("set", {}).get("elem", []):
-                body = element.get("elem", {}) if isinstance(element, dict) else {}
-                bans.append({"source": body.get("val", element), "family": family, "expires_in": body.get("expires"),
-                             "timeout": body.get("timeout", item["set"].get("timeout"))})
+        for value, body, listed in _set_elements(nft, name):
+            bans.append({"source": value, "family": family, "expires_in": body.get("expires"),
+                         "timeout": body.get("timeout", listed.get("timeout"))})
     return sorted(bans, key=lambda ban: (ban["expires_in"] is None, ban["expires_in"] or 0))
 
 
