@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import syslog
 import time
@@ -87,3 +88,21 @@ def run_daemon(name: str, start: Callable[[], Coroutine[Any, Any, None]], *, jso
     except KeyboardInterrupt:
         return 130
     return EXIT_OK
+
+
+def catch_stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Callable[[], None]:
+    """SIGTERM and SIGINT set ``stop`` (when this is the main thread; otherwise the caller owns signals and
+    sets it). Returns the function that puts the handlers back."""
+    caught: list[signal.Signals] = []
+    for number in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(number, stop.set)
+            caught.append(number)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread
+
+    def release() -> None:
+        for number in caught:
+            loop.remove_signal_handler(number)
+
+    return release

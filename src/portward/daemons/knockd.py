@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from portward.daemons.eventlog import EventLog, run_daemon
+from portward.daemons.eventlog import EventLog, catch_stop_signals, run_daemon
 from portward.dialects.knockd import (
     KnockdConfig,
     KnockdDoor,
@@ -665,7 +665,6 @@ async def serve(
     except BaseException:
         log.close()
         raise
-    signals: list[signal.Signals] = []
     installed = False
     reported_drops = 0
 
@@ -699,13 +698,8 @@ async def serve(
             )
             reported_drops = sock.dropped
 
+    release_signals = catch_stop_signals(loop, stop)
     try:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(number, stop.set)
-                signals.append(number)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread: the caller owns signals and sets `stop`
         if pid_file:
             with open(pid_file, "w", encoding="ascii") as handle_file:
                 handle_file.write(f"{os.getpid()}\n")
@@ -727,8 +721,7 @@ async def serve(
         finally:
             handle(tracker.shutdown())
             await runner.drain()
-            for number in signals:
-                loop.remove_signal_handler(number)
+            release_signals()
             if pid_file:
                 with contextlib.suppress(OSError):
                     os.unlink(pid_file)

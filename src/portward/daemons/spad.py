@@ -24,20 +24,21 @@ import asyncio
 import contextlib
 import ipaddress
 import os
-import re
-import signal
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portward.daemons import fko
-from portward.daemons.eventlog import EventLog, run_daemon
+from portward.daemons.eventlog import EventLog, catch_stop_signals, run_daemon
 from portward.errors import InputError, PortwardError
 from portward.policy.addresses import PortRange, merge_spans, parse_port_spec
+
+if TYPE_CHECKING:
+    from portward.policy.toml import LoadedPolicy
 
 __all__ = ["Door", "Grant", "Outcome", "ReplayCache", "SpaServer", "load_doors", "main", "serve"]
 
@@ -367,7 +368,6 @@ async def serve(
         log.close()
         replay.close()
         raise
-    signals: list[signal.Signals] = []
     reported_drops = 0
 
     def readable() -> None:
@@ -406,13 +406,8 @@ async def serve(
         if not stop.is_set():
             loop.call_later(1.0, tick)
 
+    release_signals = catch_stop_signals(loop, stop)
     try:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(signum, stop.set)
-                signals.append(signum)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread: the caller owns signals and sets `stop`
         loop.add_reader(sock.fileno(), readable)
         loop.call_later(1.0, tick)
         ports = ", ".join(f"{port}/{proto}" for proto, port in server.ports)
@@ -425,8 +420,7 @@ async def serve(
             loop.remove_reader(sock.fileno())
         sock.close()
         rejections.flush()
-        for signum in signals:
-            loop.remove_signal_handler(signum)
+        release_signals()
         replay.close()
         log.write("shutdown", "shutting down (grants stay until their timeouts: the kernel expires them)")
         log.close()

@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import sys
 import syslog
 import time
@@ -42,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from portward.daemons.eventlog import EventLog, run_daemon
+from portward.daemons.eventlog import EventLog, catch_stop_signals, run_daemon
 from portward.dialects.nft import BAN_LOG_PREFIX, DENIED_LOG_PREFIX, NFLOG_GROUP_DENIED, SCAN_LOG_PREFIX
 from portward.errors import InputError, PortwardError
 from portward.kernel.nflog import PacketEvent
@@ -413,7 +412,6 @@ async def serve(
     except BaseException:
         log.close()
         raise
-    signals: list[signal.Signals] = []
     reported = {"dropped": 0, "evicted": 0}
 
     def handle(actions: Iterable[Action]) -> None:
@@ -451,13 +449,8 @@ async def serve(
         if not stop.is_set():
             loop.call_later(1.0, tick)
 
+    release_signals = catch_stop_signals(loop, stop)
     try:
-        for number in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(number, stop.set)
-                signals.append(number)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread: the caller owns signals and sets `stop`
         loop.add_reader(sock.fileno(), readable)
         loop.call_later(1.0, tick)
         if scans:
@@ -473,8 +466,7 @@ async def serve(
             loop.remove_reader(sock.fileno())
         sock.close()
         await runner.drain()
-        for number in signals:
-            loop.remove_signal_handler(number)
+        release_signals()
         log.write("shutdown", "stopped; bans stay until their timeouts (the kernel expires them)")
         log.close()
 
