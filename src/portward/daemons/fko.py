@@ -48,6 +48,7 @@ import getpass
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -102,6 +103,7 @@ _SALT_B64 = b"U2FsdGVkX1"  # base64 of "Salted__" without the last 4 bits
 _SALTED = b"Salted__"
 _HMAC_LEN = 43  # unpadded base64 of 32 bytes
 _DIGEST_LEN = 43
+_B64_TAIL = re.compile(rb"[A-Za-z0-9+/]{%d}" % _HMAC_LEN)
 _BLOCK = 16
 # fwknop's field limits in characters of the (base64) field (lib/fko_limits.h)
 _MAX_USER_FIELD = 64
@@ -195,9 +197,16 @@ def encode(message: SpaMessage, key: bytes, hmac_key: bytes, *, salt: bytes | No
 
 def verify_hmac(payload: bytes, hmac_key: bytes) -> bool:
     """True when ``payload`` has a plausible size and carries exactly our HMAC: no decryption, a few µs."""
-    return MIN_PAYLOAD <= len(payload) <= MAX_PAYLOAD and hmac.compare_digest(
-        payload[-_HMAC_LEN:], _hmac_b64(payload[:-_HMAC_LEN], hmac_key)
-    )
+    return MIN_PAYLOAD <= len(payload) <= MAX_PAYLOAD and _hmac_matches(payload, hmac_key)
+
+
+def _hmac_matches(payload: bytes, hmac_key: bytes) -> bool:
+    """The payload's last 43 characters are exactly the HMAC of the rest (constant-time compare). A tail that
+    is not base64 can never be one: garbage is refused without computing anything."""
+    tail = payload[-_HMAC_LEN:]
+    if _B64_TAIL.fullmatch(tail) is None:
+        return False
+    return hmac.compare_digest(tail, _hmac_b64(payload[:-_HMAC_LEN], hmac_key))
 
 
 def decode(payload: bytes, key: bytes, hmac_key: bytes) -> SpaMessage:
@@ -258,9 +267,9 @@ def unseal(payload: bytes, key: bytes, hmac_key: bytes) -> bytes:
     """The decrypted, unpadded plaintext of a payload whose size and HMAC check out; else Rejected."""
     if not MIN_PAYLOAD <= len(payload) <= MAX_PAYLOAD:
         raise Rejected("size", f"{len(payload)} bytes, not {MIN_PAYLOAD}..{MAX_PAYLOAD}")
-    body = payload[:-_HMAC_LEN]
-    if not hmac.compare_digest(payload[-_HMAC_LEN:], _hmac_b64(body, hmac_key)):
+    if not _hmac_matches(payload, hmac_key):
         raise Rejected("hmac", "HMAC does not match")
+    body = payload[:-_HMAC_LEN]
     try:
         blob = _unb64(_SALT_B64 + body)
     except ValueError as err:
