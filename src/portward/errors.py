@@ -46,6 +46,15 @@ class Problem:
         return {"file": self.file, "line": self.line, "key": self.key, "message": self.message}
 
 
+class BadLine(Exception):
+    """One line's problem inside a reader, which adds the file and line number to make it a Problem."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
 class ProblemsError(InputError):
     """Every problem found in one input, each at FILE:LINE: key; subclasses name the kind of input."""
 

@@ -40,7 +40,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from portward.errors import Problem, ProblemsError
+from portward.errors import BadLine, Problem, ProblemsError
 from portward.policy.addresses import V4_MAX, V6_MAX, merge_spans
 
 __all__ = [
@@ -134,13 +134,6 @@ class HostsAccessError(ProblemsError):
     """Every problem found in a hosts.allow / hosts.deny (or a /file list), each at FILE:LINE: key."""
 
     what = "invalid hosts_access file"
-
-
-class _Bad(Exception):
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.message = message
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -289,14 +282,14 @@ def _pattern_list(text: str, check: Callable[[str], str | None], key: str) -> Pa
         else:
             groups[-1].append(token)
     if not tokens:
-        raise _Bad(key, "empty list — name at least one pattern (ALL for every one)")
+        raise BadLine(key, "empty list — name at least one pattern (ALL for every one)")
     if any(not group for group in groups):
-        raise _Bad(key, "EXCEPT needs patterns on both sides — e.g. `ALL EXCEPT 198.18.0.1`")
+        raise BadLine(key, "EXCEPT needs patterns on both sides — e.g. `ALL EXCEPT 198.18.0.1`")
     for token in tokens:
         if token.upper() != "EXCEPT":
             problem = check(token)
             if problem:
-                raise _Bad(key, f"{token!r}: {problem}")
+                raise BadLine(key, f"{token!r}: {problem}")
     result: PatternList | None = None
     for group in reversed(groups):
         result = PatternList(tuple(group), result)
@@ -460,12 +453,12 @@ def _v6_outside_brackets(clients: str, rest: str | None) -> str | None:
 def _parse_rule(name: str, first: int, last: int, text: str) -> Rule:
     daemons_text, rest = _split_at(text, ":")
     if rest is None:
-        raise _Bad("rule", "missing ':' — write `daemon_list : client_list [: option ...]`")
+        raise BadLine("rule", "missing ':' — write `daemon_list : client_list [: option ...]`")
     clients_text, options_text = _split_at(rest, ":")
     address = _v6_outside_brackets(clients_text, options_text)
     if address:
         network, slash, length = address.partition("/")
-        raise _Bad("clients", f"IPv6 address {address} outside [ ] — libwrap cuts the line at its colons; "
+        raise BadLine("clients", f"IPv6 address {address} outside [ ] — libwrap cuts the line at its colons; "
                    f"write [{network}]{slash}{length}")
     daemons = _pattern_list(daemons_text, daemon_pattern_problem, "daemons")
     clients = _pattern_list(clients_text, client_pattern_problem, "clients")
@@ -476,9 +469,9 @@ def _parse_rule(name: str, first: int, last: int, text: str) -> Rule:
             try:
                 option = parse_option(raw)
             except ValueError as error:
-                raise _Bad(f"options[{position}]", str(error)) from None
+                raise BadLine(f"options[{position}]", str(error)) from None
             if OPTIONS[option.keyword][1] and position != len(fields) - 1:
-                raise _Bad(f"options[{position}]", f"option {option.keyword!r} must come last — libwrap denies the "
+                raise BadLine(f"options[{position}]", f"option {option.keyword!r} must come last — libwrap denies the "
                            "connection otherwise; move it to the end")
             options.append(option)
     return Rule(name, first, last, daemons, clients, tuple(options))
@@ -497,7 +490,7 @@ def parse_hosts_access(text: str, name: str = "hosts.allow") -> HostsFile:
             continue
         try:
             rules.append(_parse_rule(name, first, last, line))
-        except _Bad as bad:
+        except BadLine as bad:
             problems.append(Problem(name, first, bad.key, bad.message))
     if problems:
         raise HostsAccessError(problems)

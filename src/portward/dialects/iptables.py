@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from portward.errors import Problem, ProblemsError
+from portward.errors import BadLine, Problem, ProblemsError
 
 Json = dict[str, Any]
 
@@ -46,15 +46,6 @@ class IptablesSaveError(ProblemsError):
     """Every problem found in iptables-save text, each at FILE:LINE: key."""
 
     what = "invalid iptables-save input"
-
-
-class _Bad(Exception):
-    """One line's problem; the reader turns it into a Problem with the line number."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.message = message
 
 
 # --- tables and built-in chains ---------------------------------------------------------------------
@@ -368,13 +359,13 @@ def _xt(kind: str, name: str) -> Json:
     return {"xt": {"type": kind, "name": name}}
 
 
-# --- value parsers (each raises _Bad with the option as key) ---------------------------------------------
+# --- value parsers (each raises BadLine with the option as key) ---------------------------------------------
 
 
 def _uint(text: str, key: str, limit: int, what: str = "number") -> int:
     # isascii: str.isdigit() also accepts digits int() refuses ('²')
     if not (text.isascii() and text.isdigit()) or int(text) > limit:
-        raise _Bad(key, f"'{text}' is not a {what} — use a whole number 0-{limit}")
+        raise BadLine(key, f"'{text}' is not a {what} — use a whole number 0-{limit}")
     return int(text)
 
 
@@ -384,7 +375,7 @@ def _protocol(text: str, key: str) -> int:
         return _uint(name, key, 255, "protocol number")
     if name in PROTOCOL_NUMBERS:
         return PROTOCOL_NUMBERS[name]
-    raise _Bad(key, f"unknown protocol '{text}' — use a name such as tcp, udp, icmp, icmpv6, sctp, all, or a number")
+    raise BadLine(key, f"unknown protocol '{text}' — use a name such as tcp, udp, icmp, icmpv6, sctp, all, or a number")
 
 
 def _protocol_value(number: int) -> Any:
@@ -400,7 +391,7 @@ def _port(text: str, key: str, proto: str) -> int:
             return socket.getservbyname(text, proto if proto in ("tcp", "udp") else "tcp")
         except OSError:
             pass
-    raise _Bad(key, f"'{text}' is not a port — use a number 0-65535 or a service name")
+    raise BadLine(key, f"'{text}' is not a port — use a number 0-65535 or a service name")
 
 
 def _port_range(text: str, key: str, proto: str) -> tuple[int, int]:
@@ -412,7 +403,7 @@ def _port_range(text: str, key: str, proto: str) -> tuple[int, int]:
     else:
         low = high = _port(text, key, proto)
     if low > high:
-        raise _Bad(key, f"port range '{text}' starts after it ends — write it as LOW:HIGH")
+        raise BadLine(key, f"port range '{text}' starts after it ends — write it as LOW:HIGH")
     return low, high
 
 
@@ -420,11 +411,11 @@ def _address(text: str, family: int, key: str) -> int:
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
-        raise _Bad(
+        raise BadLine(
             key, f"'{text}' is not an IPv{family} address — write it as a number (names are not looked up)"
         ) from None
     if address.version != family:
-        raise _Bad(key, f"'{text}' is an IPv{address.version} address in an IPv{family} ruleset — move it")
+        raise BadLine(key, f"'{text}' is an IPv{address.version} address in an IPv{family} ruleset — move it")
     return int(address)
 
 
@@ -468,7 +459,7 @@ def _address_match(family: int, field_name: str, network: int, mask: int, negate
 
 def _interface(text: str, key: str) -> str:
     if not text or len(text.encode("utf-8", "surrogatepass")) > IFNAME_MAX:
-        raise _Bad(key, f"'{text}' is not an interface name — use at most {IFNAME_MAX} characters, '+' as wildcard")
+        raise BadLine(key, f"'{text}' is not an interface name — use at most {IFNAME_MAX} characters, '+' as wildcard")
     if text.endswith("+"):
         return text[:-1] + "*"  # iptables' prefix wildcard is nft's
     if text.endswith("*"):
@@ -482,7 +473,7 @@ def _words(text: str, key: str, table: dict[str, int], what: str) -> int:
     for word in text.split(","):
         if word.upper() not in table:
             known = ", ".join(table)
-            raise _Bad(key, f"'{word}' is not a {what} — use a comma list of {known}")
+            raise BadLine(key, f"'{word}' is not a {what} — use a comma list of {known}")
         bits |= table[word.upper()]
     return bits
 
@@ -563,7 +554,7 @@ def _tcp(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
     if ext.flag("tcp-option"):
         return None  # nft can test an option's presence but not iptables' "option number N" the same way
     if ext.flag("syn") and ext.flag("tcp-flags"):
-        raise _Bad("--syn", "--syn and --tcp-flags both given — keep one (--syn is FIN,SYN,RST,ACK SYN)")
+        raise BadLine("--syn", "--syn and --tcp-flags both given — keep one (--syn is FIN,SYN,RST,ACK SYN)")
     out = _ports_match("tcp", ext)
     if ext.flag("syn"):
         mask, compare, negated = 23, 2, ext.negated("syn")
@@ -618,7 +609,7 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 def _multiport(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
     given = [name for name in ("sports", "dports", "ports") if ext.flag(name)]
     if len(given) != 1:
-        raise _Bad("-m multiport", "give one of --sports, --dports, --ports — use a second -m multiport for another")
+        raise BadLine("-m multiport", "give one of --sports, --dports, --ports — use a second -m multiport for another")
     which = given[0]
     key = f"--{which}"
     proto_name = PROTOCOL_NAMES[ctx.proto]
@@ -627,11 +618,11 @@ def _multiport(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
     for item in ext.options[which].args[0].split(","):
         first, last = _port_range(item, key, proto_name)
         if ":" in item and (item.startswith(":") or item.endswith(":") or first == last):
-            raise _Bad(key, f"'{item}' is not a multiport range — write LOW:HIGH with LOW < HIGH")
+            raise BadLine(key, f"'{item}' is not a multiport range — write LOW:HIGH with LOW < HIGH")
         spans.append((first, last))
         slots += 1 if first == last else 2
     if slots > 15:
-        raise _Bad(key, "more than 15 ports (a range counts twice) — split the rule")
+        raise BadLine(key, "more than 15 ports (a range counts twice) — split the rule")
     values = [_port_value(first, last) for first, last in _merge(spans)]
     op = "!=" if ext.negated(which) else "=="
     if which == "ports":
@@ -667,7 +658,7 @@ def _conntrack(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
     direction = ext.arg("ctdir")
     if direction is not None:
         if direction.upper() not in ("ORIGINAL", "REPLY"):
-            raise _Bad("--ctdir", f"'{direction}' is not a direction — use ORIGINAL or REPLY")
+            raise BadLine("--ctdir", f"'{direction}' is not a direction — use ORIGINAL or REPLY")
         out.append(_match({"ct": {"key": "direction"}}, direction.lower()))
     proto = ext.arg("ctproto")
     if proto is not None:
@@ -708,11 +699,11 @@ def _iprange(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
             continue
         first_text, dash, last_text = text.partition("-")
         if not dash:
-            raise _Bad(f"--{option}", f"'{text}' is not a range — write FIRST-LAST")
+            raise BadLine(f"--{option}", f"'{text}' is not a range — write FIRST-LAST")
         first = _address(first_text, ctx.family, f"--{option}")
         last = _address(last_text, ctx.family, f"--{option}")
         if first > last:
-            raise _Bad(f"--{option}", f"range '{text}' starts after it ends — swap the addresses")
+            raise BadLine(f"--{option}", f"range '{text}' starts after it ends — swap the addresses")
         right = {"range": [_format(ctx.family, first), _format(ctx.family, last)]}
         left = _payload(FAMILY_NAMES[ctx.family], field_name)
         out.append(_match(left, right, "!=" if ext.negated(option) else "=="))
@@ -721,7 +712,7 @@ def _iprange(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
 
 def _addrtype(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
     if ext.flag("limit-iface-in") and ext.flag("limit-iface-out"):
-        raise _Bad("--limit-iface-in", "--limit-iface-in and --limit-iface-out both given — keep one")
+        raise BadLine("--limit-iface-in", "--limit-iface-in and --limit-iface-out both given — keep one")
     interface = ["iif"] if ext.flag("limit-iface-in") else ["oif"] if ext.flag("limit-iface-out") else []
     out: list[Json] = []
     for option, flag in (("src-type", "saddr"), ("dst-type", "daddr")):
@@ -762,7 +753,9 @@ def _icmp_common(
         elif text.isascii() and text.isdigit():
             icmp_type, code = _uint(text, key, 255, "ICMP type"), None
         else:
-            raise _Bad(key, f"'{text}' is not an ICMP type — use a name such as echo-request, a number, or TYPE/CODE")
+            raise BadLine(
+                key, f"'{text}' is not an ICMP type — use a name such as echo-request, a number, or TYPE/CODE"
+            )
     protocol, type_names, code_names = nft
     out = [_match(_payload(protocol, "type"), type_names.get(icmp_type, icmp_type), "!=" if negated else "==")]
     if code is not None:
@@ -788,15 +781,15 @@ def _limit(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
         # iptables accepts any prefix of the unit: /s, /sec, /min, /h ...
         matches = [length for name, length in reversed(LIMIT_UNITS) if unit and name.startswith(unit.lower())]
         if not matches:
-            raise _Bad("--limit", f"'{text}' is not a rate — write N/second, N/minute, N/hour or N/day")
+            raise BadLine("--limit", f"'{text}' is not a rate — write N/second, N/minute, N/hour or N/day")
         seconds = matches[0]
     rate = _uint(number, "--limit", 2**32 - 1, "rate")
     period = LIMIT_SCALE * seconds // rate if rate else 0
     if period == 0:
-        raise _Bad("--limit", f"'{text}' is too fast or zero — use at most 10000/second")
+        raise BadLine("--limit", f"'{text}' is too fast or zero — use at most 10000/second")
     burst = _uint(ext.arg("limit-burst") or "5", "--limit-burst", 10000, "burst")
     if burst == 0:
-        raise _Bad("--limit-burst", "a burst of 0 lets nothing through — use 1 or more")
+        raise BadLine("--limit-burst", "a burst of 0 lets nothing through — use 1 or more")
     # iptables stores only the period and prints it back in the largest unit that keeps it whole enough;
     # nft shows what iptables-restore-translate writes from that, so compute it the same way
     units = [(name, LIMIT_SCALE * length) for name, length in LIMIT_UNITS]
@@ -818,7 +811,7 @@ def _hoplimit(field_name: str, prefix: str) -> Translator:
     def translate(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
         given = [name for name in (f"{prefix}-eq", f"{prefix}-lt", f"{prefix}-gt") if ext.flag(name)]
         if len(given) != 1:
-            raise _Bad(f"-m {ext.name}", f"give exactly one of --{prefix}-eq, --{prefix}-lt, --{prefix}-gt")
+            raise BadLine(f"-m {ext.name}", f"give exactly one of --{prefix}-eq, --{prefix}-lt, --{prefix}-gt")
         option = given[0]
         value = _uint(ext.arg(option) or "", f"--{option}", 255, "hop count")
         op = {"eq": "!=" if ext.negated(option) else "==", "lt": "<", "gt": ">"}[option[-2:]]
@@ -830,7 +823,7 @@ def _hoplimit(field_name: str, prefix: str) -> Translator:
 def _pkttype(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
     text = ext.arg("pkt-type") or ""
     if text.lower() not in PACKET_TYPES:
-        raise _Bad("--pkt-type", f"'{text}' is not a packet type — use unicast, broadcast, multicast or otherhost")
+        raise BadLine("--pkt-type", f"'{text}' is not a packet type — use unicast, broadcast, multicast or otherhost")
     return [_match(_meta("pkttype"), PACKET_TYPES[text.lower()], "!=" if ext.negated("pkt-type") else "==")]
 
 
@@ -843,7 +836,7 @@ def _c_number(text: str, key: str) -> int:
         digits, base = text[1:], 8
     allowed = "0123456789abcdefABCDEF"[: base + (6 if base == 16 else 0)]
     if not digits or not all(char in allowed for char in digits) or int(digits, base) > 0xFFFFFFFF:
-        raise _Bad(key, f"'{text}' is not a 32-bit number — write it as 0x1f or 31")
+        raise BadLine(key, f"'{text}' is not a 32-bit number — write it as 0x1f or 31")
     return int(digits, base)
 
 
@@ -862,7 +855,7 @@ def _log(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
     prefix = ext.arg("log-prefix")
     if prefix is not None:
         if len(prefix) > 29:
-            raise _Bad("--log-prefix", "longer than 29 characters — shorten it")
+            raise BadLine("--log-prefix", "longer than 29 characters — shorten it")
         if prefix:
             body["prefix"] = prefix
     level_text = ext.arg("log-level")
@@ -873,7 +866,7 @@ def _log(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
         else:
             candidates = {LOG_LEVELS[name] for name in LOG_LEVELS if lowered and name.startswith(lowered)}
             if len(candidates) != 1:
-                raise _Bad("--log-level", f"'{level_text}' is not a log level — use 0-7 or emerg ... debug")
+                raise BadLine("--log-level", f"'{level_text}' is not a log level — use 0-7 or emerg ... debug")
             level = candidates.pop()
         if level != 4:  # warn is nft's default and is not listed
             body["level"] = NFT_LOG_LEVELS[level]
@@ -890,7 +883,7 @@ def _nflog(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
     prefix = ext.arg("nflog-prefix")
     if prefix is not None:
         if len(prefix) > 63:
-            raise _Bad("--nflog-prefix", "longer than 63 characters — shorten it")
+            raise BadLine("--nflog-prefix", "longer than 63 characters — shorten it")
         if prefix:
             body["prefix"] = prefix
     body["group"] = _uint(ext.arg("nflog-group") or "0", "--nflog-group", 65535, "group")
@@ -909,14 +902,14 @@ def _reject(ext: _Ext, ctx: _Ctx) -> list[Json] | None:
     text = ext.arg("reject-with")
     if text is not None and text.lower() in ("tcp-reset", "tcp-rst"):
         if ctx.proto != TCP or ctx.proto_negated:
-            raise _Bad("--reject-with", "tcp-reset needs -p tcp (the kernel refuses it otherwise) — add -p tcp")
+            raise BadLine("--reject-with", "tcp-reset needs -p tcp (the kernel refuses it otherwise) — add -p tcp")
         return [{"reject": {"type": "tcp reset"}}]
     table, kind = (REJECT_V4, "icmp") if ctx.family == 4 else (REJECT_V6, "icmpv6")
     if text is None:
         return [{"reject": {"type": kind, "expr": "port-unreachable"}}]
     if text.lower() not in table:
         known = ", ".join(name for name in table if name.startswith("icmp"))
-        raise _Bad("--reject-with", f"'{text}' is not a reject type here — use tcp-reset or one of {known}")
+        raise BadLine("--reject-with", f"'{text}' is not a reject type here — use tcp-reset or one of {known}")
     return [{"reject": {"type": kind, "expr": table[text.lower()]}}]
 
 
@@ -1089,7 +1082,7 @@ class _RuleParser:
     def take(self, count: int, key: str) -> list[str]:
         args = self.words[self.index : self.index + count]
         if len(args) < count:
-            raise _Bad(key, f"{key} needs {count} argument(s), found {len(args)} — add the missing one")
+            raise BadLine(key, f"{key} needs {count} argument(s), found {len(args)} — add the missing one")
         self.index += count
         return args
 
@@ -1097,11 +1090,11 @@ class _RuleParser:
         # the old form puts '!' after the option: `-s ! 198.18.0.1`, `--dport ! 22`
         if nargs and self.index < len(self.words) and self.words[self.index] == "!":
             if negated:
-                raise _Bad(key, "negated twice — keep one '!'")
+                raise BadLine(key, "negated twice — keep one '!'")
             negated = True
             self.index += 1
         if negated and not negatable:
-            raise _Bad(key, f"{key} cannot be negated — remove the '!'")
+            raise BadLine(key, f"{key} cannot be negated — remove the '!'")
         return _Option(negated, self.take(nargs, key))
 
     def parse(self) -> _Rule | None:
@@ -1111,7 +1104,7 @@ class _RuleParser:
             self.index += 1
             if word == "!":
                 if negated:
-                    raise _Bad("!", "'!' given twice — keep one")
+                    raise BadLine("!", "'!' given twice — keep one")
                 negated = True
                 continue
             if word in CORE:
@@ -1119,17 +1112,17 @@ class _RuleParser:
             elif word.startswith("-") and len(word) > 1:
                 self.ext_option(word, negated)
             else:
-                raise _Bad(word, f"unexpected word '{word}' — options start with '-' and take their arguments after")
+                raise BadLine(word, f"unexpected word '{word}' — options start with '-' and take their arguments after")
             negated = False
         if negated:
-            raise _Bad("!", "'!' at the end of the rule — put it before the option it negates")
+            raise BadLine("!", "'!' at the end of the rule — put it before the option it negates")
         return None if self.skip else self.build()
 
     def core_option(self, word: str, negated: bool) -> None:
         name, nargs = CORE[word]
         if name in ("-m", "-j", "-g"):
             if negated:
-                raise _Bad(word, f"{word} cannot be negated — negate the option inside instead")
+                raise BadLine(word, f"{word} cannot be negated — negate the option inside instead")
             (ext_name,) = self.take(1, word)
             if name == "-m":
                 self.add_match(ext_name, word)
@@ -1144,30 +1137,30 @@ class _RuleParser:
             self.skip = self.skip or (name == "-4") != (self.family == 4)  # ip6tables-restore skips -4 rules
             return
         if name == "-f" and self.family == 6:
-            raise _Bad(word, "-f is IPv4 only — use -m frag in ip6tables")
+            raise BadLine(word, "-f is IPv4 only — use -m frag in ip6tables")
         if name in self.core:
-            raise _Bad(word, f"{word} given twice — give it once (a comma list for addresses)")
+            raise BadLine(word, f"{word} given twice — give it once (a comma list for addresses)")
         self.core[name] = self.option_args(word, nargs, True, negated)
 
     def add_match(self, name: str, key: str) -> None:
         spec = MATCHES.get(name)
         if spec is not None and self.family not in spec.families:
             other = {"icmp": "icmp6", "icmp6": "icmp", "ttl": "hl", "hl": "ttl"}[name]
-            raise _Bad(key, f"-m {name} is not for IPv{self.family} — use -m {other}")
+            raise BadLine(key, f"-m {name} is not for IPv{self.family} — use -m {other}")
         self.exts.append(_Ext("match", name, spec))
 
     def add_target(self, name: str, key: str, goto: bool) -> None:
         if any(ext.kind == "target" for ext in self.exts):
-            raise _Bad(key, "more than one -j/-g — give one target")
+            raise BadLine(key, "more than one -j/-g — give one target")
         if not name or name.startswith("-"):
-            raise _Bad(key, f"'{name}' is not a target — give a chain or target name")
+            raise BadLine(key, f"'{name}' is not a target — give a chain or target name")
         kind = "goto" if goto else "target"
         self.exts.append(_Ext(kind, name, None if goto else TARGETS.get(name)))
 
     def ext_option(self, word: str, negated: bool) -> None:
         ext = self.owner(word)
         if ext is None:
-            raise _Bad(word, f"unknown option {word} — load its match first with -m NAME")
+            raise BadLine(word, f"unknown option {word} — load its match first with -m NAME")
         if ext.spec is None:
             # an extension not translated here: skip its arguments (the words up to the next option)
             if self.index < len(self.words) and self.words[self.index] == "!":
@@ -1180,7 +1173,7 @@ class _RuleParser:
             return
         canonical, nargs, negatable = ext.spec.options[word]
         if canonical in ext.options:
-            raise _Bad(word, f"{word} given twice in -m {ext.name} — give it once")
+            raise BadLine(word, f"{word} given twice in -m {ext.name} — give it once")
         ext.options[canonical] = self.option_args(word, nargs, negatable, negated)
 
     def owner(self, word: str) -> _Ext | None:
@@ -1228,7 +1221,7 @@ class _RuleParser:
             nets = [_network(item, self.family, name) for item in items]
             negated = bool(option and option.negated)
             if negated and len(nets) > 1:
-                raise _Bad(name, f"! {name} takes one address — write one rule per address")
+                raise BadLine(name, f"! {name} takes one address — write one rule per address")
             matches = [_address_match(self.family, field_name, net, mask, negated) for net, mask in nets]
             addresses[name] = matches or [None]
         ctx = _Ctx(self.family, proto, proto_negated)
@@ -1251,7 +1244,7 @@ class _RuleParser:
                 continue
             if ext.spec is not None and ext.spec.protocols and (proto not in ext.spec.protocols or proto_negated):
                 wanted = "/".join(PROTOCOL_NAMES[number] for number in ext.spec.protocols)
-                raise _Bad(f"-m {ext.name}", f"-m {ext.name} needs -p {wanted} — add it before -m")
+                raise BadLine(f"-m {ext.name}", f"-m {ext.name} needs -p {wanted} — add it before -m")
             if ext.name == "comment" and ext.spec is not None:
                 comment = ext.arg("comment")  # the last one wins, as with iptables-translate
             tail.extend(self.translate(ext, ctx))
@@ -1299,7 +1292,7 @@ def split_words(line: str) -> list[str]:
         else:
             buffer.append(char)
     if quoted:
-        raise _Bad("quote", 'a double quote is not closed — close it or escape it as \\"')
+        raise BadLine("quote", 'a double quote is not closed — close it or escape it as \\"')
     if buffer:
         words.append("".join(buffer))
     return words
@@ -1344,7 +1337,7 @@ class _Reader:
                 break
             try:
                 self.line(number, line.rstrip("\r").strip(" \t"))
-            except _Bad as bad:
+            except BadLine as bad:
                 self.problems.append(Problem(self.source, number, bad.key, bad.message))
         else:
             if self.table is not None:
@@ -1361,7 +1354,7 @@ class _Reader:
             return
         if line == "COMMIT":
             if self.table is None:
-                raise _Bad("COMMIT", "COMMIT outside a table — start the table with *NAME")
+                raise BadLine("COMMIT", "COMMIT outside a table — start the table with *NAME")
             table, self.table = self.table, None
             if not table.ignored:
                 self.commit(table)
@@ -1370,7 +1363,7 @@ class _Reader:
             self.start_table(number, line[1:].strip())
             return
         if self.table is None:
-            raise _Bad("", f"'{line[:40]}' is outside a table — start one with *filter (or *nat, *mangle, *raw)")
+            raise BadLine("", f"'{line[:40]}' is outside a table — start one with *filter (or *nat, *mangle, *raw)")
         if self.table.ignored:
             return
         if line.startswith(":"):
@@ -1382,24 +1375,24 @@ class _Reader:
         if self.table is not None:
             open_name = self.table.name
             self.table = _Table(name, number, ignored=True)
-            raise _Bad(f"*{name}", f"table '{open_name}' has no COMMIT before this one — add COMMIT")
+            raise BadLine(f"*{name}", f"table '{open_name}' has no COMMIT before this one — add COMMIT")
         self.table = _Table(name, number)
         if name not in BUILTIN_CHAINS:
             self.table.ignored = True
-            raise _Bad(f"*{name}", f"unknown table '{name}' — use one of {', '.join(BUILTIN_CHAINS)}")
+            raise BadLine(f"*{name}", f"unknown table '{name}' — use one of {', '.join(BUILTIN_CHAINS)}")
         if name in self.seen:
             self.table.ignored = True
-            raise _Bad(f"*{name}", f"table '{name}' appears twice — merge the two sections")
+            raise BadLine(f"*{name}", f"table '{name}' appears twice — merge the two sections")
         self.seen.add(name)
 
     def declare(self, line: str) -> None:
         assert self.table is not None
         words = line[1:].split()
         if not words:
-            raise _Bad(":", "a chain line needs a name and a policy — write :NAME ACCEPT|DROP|- [0:0]")
+            raise BadLine(":", "a chain line needs a name and a policy — write :NAME ACCEPT|DROP|- [0:0]")
         name = words[0]
         if len(words) < 2 or (len(words) == 3 and not _is_counters(words[2])) or len(words) > 3:
-            raise _Bad(f":{name}", "a chain line is :NAME POLICY [PACKETS:BYTES] — fix its fields")
+            raise BadLine(f":{name}", "a chain line is :NAME POLICY [PACKETS:BYTES] — fix its fields")
         self.new_chain(name, words[1])
 
     def new_chain(self, name: str, policy: str) -> None:
@@ -1407,16 +1400,16 @@ class _Reader:
         key = f":{name}"
         hook = BUILTIN_CHAINS[self.table.name].get(name)
         if name in self.table.chains:
-            raise _Bad(key, f"chain '{name}' declared twice — keep one")
+            raise BadLine(key, f"chain '{name}' declared twice — keep one")
         if hook is not None:
             if policy not in ("ACCEPT", "DROP"):
-                raise _Bad(key, f"'{policy}' is not a policy for built-in chain {name} — use ACCEPT or DROP")
+                raise BadLine(key, f"'{policy}' is not a policy for built-in chain {name} — use ACCEPT or DROP")
             self.table.chains[name] = _Chain(name, hook, policy)
             return
         if policy != "-":
-            raise _Bad(key, f"user chain '{name}' cannot have a policy — write '-'")
+            raise BadLine(key, f"user chain '{name}' cannot have a policy — write '-'")
         if len(name) > CHAIN_NAME_MAX or name.startswith(("-", "!")) or name in VERDICTS or name in ("QUEUE",):
-            raise _Bad(
+            raise BadLine(
                 key, f"'{name}' is not a usable chain name — use {CHAIN_NAME_MAX} characters at most, no leading -"
             )
         self.table.chains[name] = _Chain(name, None, None)
@@ -1425,7 +1418,7 @@ class _Reader:
         assert self.table is not None
         if name not in self.table.chains:
             if name not in BUILTIN_CHAINS[self.table.name]:
-                raise _Bad(key, f"no chain '{name}' in table {self.table.name} — declare it with :{name} - [0:0]")
+                raise BadLine(key, f"no chain '{name}' in table {self.table.name} — declare it with :{name} - [0:0]")
             self.table.chains[name] = _Chain(name, BUILTIN_CHAINS[self.table.name][name], "ACCEPT")
         return self.table.chains[name]
 
@@ -1437,16 +1430,16 @@ class _Reader:
             return
         command, rest = words[0], words[1:]
         if not rest and command in ("-N", "--new-chain", "-P", "--policy", "-A", "--append", "-I", "--insert"):
-            raise _Bad(command, f"{command} needs a chain name — add it")
+            raise BadLine(command, f"{command} needs a chain name — add it")
         if command in ("-N", "--new-chain"):
             if len(rest) != 1:
-                raise _Bad(command, f"{command} takes only a chain name — remove the rest")
+                raise BadLine(command, f"{command} takes only a chain name — remove the rest")
             self.new_chain(rest[0], "-")
         elif command in ("-P", "--policy"):
             if len(rest) != 2 or rest[0] not in BUILTIN_CHAINS[self.table.name if self.table else "filter"]:
-                raise _Bad(command, f"{command} needs a built-in chain and ACCEPT or DROP — write -P INPUT DROP")
+                raise BadLine(command, f"{command} needs a built-in chain and ACCEPT or DROP — write -P INPUT DROP")
             if rest[1] not in ("ACCEPT", "DROP"):
-                raise _Bad(command, f"'{rest[1]}' is not a policy — use ACCEPT or DROP")
+                raise BadLine(command, f"'{rest[1]}' is not a policy — use ACCEPT or DROP")
             self.chain(rest[0], command).policy = rest[1]
         elif command in ("-F", "--flush"):
             assert self.table is not None
@@ -1461,13 +1454,15 @@ class _Reader:
                 if rest and rest[0].isascii() and rest[0].isdigit():
                     position = _uint(rest[0], command, len(chain.rules) + 1, "rule position") - 1
                     if position < 0:
-                        raise _Bad(command, "rule positions start at 1 — use 1 or more")
+                        raise BadLine(command, "rule positions start at 1 — use 1 or more")
                     rest = rest[1:]
             rule = _RuleParser(rest, self.family, number).parse()
             if rule is not None:
                 chain.rules.insert(position, rule)
         else:
-            raise _Bad(command, f"'{command}' is not a restore command — lines are -A CHAIN ..., :CHAIN POLICY, COMMIT")
+            raise BadLine(
+                command, f"'{command}' is not a restore command — lines are -A CHAIN ..., :CHAIN POLICY, COMMIT"
+            )
 
     def commit(self, table: _Table) -> None:
         out: list[Json] = [{"table": {"family": self.family_name, "name": table.name, "handle": 0}}]
@@ -1481,7 +1476,7 @@ class _Reader:
             for rule in chain.rules:
                 try:
                     self.resolve(table, rule)
-                except _Bad as bad:
+                except BadLine as bad:
                     self.problems.append(Problem(self.source, rule.line, bad.key, bad.message))
                     continue
                 for exprs in rule.expand():
@@ -1502,10 +1497,10 @@ class _Reader:
         if chain is not None and chain.hook is None:
             rule.target = {"goto" if rule.goto else "jump": {"target": name}}
         elif name in BUILTIN_CHAINS[table.name] or chain is not None:
-            raise _Bad(key, f"cannot jump to built-in chain {name} — jump to a user chain")
+            raise BadLine(key, f"cannot jump to built-in chain {name} — jump to a user chain")
         elif rule.goto or not name.isupper():
             # target extensions are upper case; a lower-case name is a chain that was never declared
-            raise _Bad(key, f"no chain '{name}' in table {table.name} — declare it with :{name} - [0:0]")
+            raise BadLine(key, f"no chain '{name}' in table {table.name} — declare it with :{name} - [0:0]")
         else:
             rule.target = _xt("target", name)
 
