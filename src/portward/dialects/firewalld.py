@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from portward.dialects import Rendered
+from portward.dialects.nft import PING_LIMIT as NFT_PING_LIMIT
 from portward.policy.addresses import PortRange, is_loopback, merge, merge_ports, parse_port_spec, to_cidrs
 from portward.policy.model import InboundRule, OutboundRule, Policy, rate_parts
 
@@ -69,7 +70,7 @@ ESSENTIAL_ICMP = (
     "router-solicitation",
     "router-advertisement",
 )
-PING_LIMIT = "20/s"  # as the nft ruleset's echo-request limit
+PING_LIMIT = f"{NFT_PING_LIMIT[0]}/{NFT_PING_LIMIT[1][0]}"  # the nft ruleset's echo-request limit: "20/s"
 FAMILIES = {4: "ipv4", 6: "ipv6"}
 PORT_UNREACHABLE = {"ipv4": "icmp-port-unreachable", "ipv6": "icmp6-port-unreachable"}
 OWNED_FILE = re.compile(r"^(portward|pw-|pwo-).*\.xml$")

@@ -40,12 +40,14 @@ from typing import TYPE_CHECKING
 
 from portward.dialects import Rendered
 from portward.dialects.nft import (
+    DENIED_LOG_LIMIT,
     DENIED_LOG_PREFIX,
     DOOR_SIZE,
     ICMP_ESSENTIAL,
     ICMPV6_ESSENTIAL,
     METER_SIZE,
     NFLOG_GROUP_DENIED,
+    PING_LIMIT,
     RATE_SECONDS,
     _ident,
 )
@@ -247,9 +249,15 @@ def _icmp(family: int, nft_type: str) -> Args:
 def _log_denied() -> Args:
     # the same limit as nft's: a flood cannot reach user space at line rate
     return [
-        "-m", "limit", "--limit", "50/second", "--limit-burst", "100",
+        *_limit(DENIED_LOG_LIMIT),
         "-j", "NFLOG", "--nflog-group", str(NFLOG_GROUP_DENIED), "--nflog-prefix", DENIED_LOG_PREFIX,
     ]  # fmt: skip
+
+
+def _limit(limit: tuple[int, str, int]) -> Args:
+    """`-m limit` for one of the nft compile's (rate, per, burst) limits."""
+    rate, per, burst = limit
+    return ["-m", "limit", "--limit", f"{rate}/{per}", "--limit-burst", str(burst)]
 
 
 def _recent(name: str, *options: str) -> Args:
@@ -323,7 +331,7 @@ class Compiler:
         for kind in ICMP_ESSENTIAL if self.family == 4 else ICMPV6_ESSENTIAL:
             self._rule("INPUT", f"{proto} essential", _icmp(self.family, kind), ["-j", "ACCEPT"])
         if defaults.ping:
-            limit = ["-m", "limit", "--limit", "20/second", "--limit-burst", "50"]
+            limit = _limit(PING_LIMIT)
             self._rule("INPUT", f"{proto} echo", _icmp(self.family, "echo-request"), limit, ["-j", "ACCEPT"])
         for door in self.policy.knock:
             self._knock_door(door)

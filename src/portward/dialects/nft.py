@@ -35,6 +35,10 @@ TABLE = "portward"
 FAMILY = "inet"
 NFLOG_GROUP_DENIED = 7601
 DENIED_LOG_PREFIX = "portward denied "
+# kernel limits (rate, per, burst): echo requests admitted, and denied packets copied to user space, so a
+# flood never reaches it at line rate; the iptables and firewalld exports say the same
+PING_LIMIT = (20, "second", 50)
+DENIED_LOG_LIMIT = (50, "second", 100)
 NFLOG_GROUP_SPA = 7603  # SPA packets for `portward spad` (7602 is `portward knockd`'s)
 SPA_LOG_PREFIX = "portward spa "
 SPA_MIN_UDP, SPA_MAX_UDP = 8 + 140, 8 + 1500  # UDP lengths of fwknop's payload bounds
@@ -365,7 +369,7 @@ class Compiler:
                     "input",
                     f"{proto} echo",
                     _match(_payload(proto, "type"), "echo-request"),
-                    _limit(20, "second", 50),
+                    _limit(*PING_LIMIT),
                     {"accept": None},
                 )
         for door in self.policy.knock:
@@ -527,7 +531,7 @@ class Compiler:
 
     def _log_denied(self, prefix: str = DENIED_LOG_PREFIX) -> list[Json]:
         # the kernel rate limit keeps a flood from reaching user space at line rate
-        return [_limit(50, "second", 100), {"log": {"prefix": prefix, "group": NFLOG_GROUP_DENIED}}]
+        return [_limit(*DENIED_LOG_LIMIT), {"log": {"prefix": prefix, "group": NFLOG_GROUP_DENIED}}]
 
     def _final(self, chain: str, verdict: str, log_denied: bool) -> None:
         if verdict == "accept":
