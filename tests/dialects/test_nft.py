@@ -191,3 +191,13 @@ def test_cli_export(tmp_path: Path) -> None:
     )
     assert (tmp_path / "etc/portward/portward.nft").read_text().startswith("#!/usr/sbin/nft -f")
     assert "wrote" in out.stdout
+
+
+def test_cli_offers_every_registered_dialect() -> None:
+    from portward import cli, dialects
+
+    assert list(dialects.EXPORTERS) == cli.EXPORT_FORMATS and list(dialects.IMPORTERS) == cli.IMPORT_SOURCES
+    for fmt in dialects.EXPORTERS:
+        assert callable(dialects.writer(fmt))
+    for source in dialects.IMPORTERS:
+        assert callable(dialects.reader(source))

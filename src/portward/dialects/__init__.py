@@ -109,21 +109,16 @@ def doors_policy_text(tool: str, config: str, paths: list[str], notes: list[str]
 
 def _resolve(spec: str) -> Any:
     module, _, name = spec.partition(":")
-    try:
-        found = importlib.import_module(module)
-    except ModuleNotFoundError as error:
-        if error.name == module:  # the dialect's module is not written yet; other import errors are bugs
-            return None
-        raise
-    return getattr(found, name, None)
+    return getattr(importlib.import_module(module), name)
 
 
-def writer(fmt: str) -> Writer | None:
-    """The writer for `fmt`, or None when this version does not have it yet."""
-    found: Writer | None = _resolve(EXPORTERS[fmt])
+def writer(fmt: str) -> Writer:
+    """The writer for `export --format fmt`."""
+    found: Writer = _resolve(EXPORTERS[fmt])
     return found
 
 
-def reader(source: str) -> Reader | None:
-    found: Reader | None = _resolve(IMPORTERS[source])
+def reader(source: str) -> Reader:
+    """The reader for `import --from source`."""
+    found: Reader = _resolve(IMPORTERS[source])
     return found
