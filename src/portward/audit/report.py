@@ -397,7 +397,7 @@ def run_audit(policy_path: str | None, *, root: Path = Path("/"), profile: str |
     calculator = ExposureCalculator(Ruleset(live.listing), host)
     intended = ExposureCalculator(Ruleset(policy_listing(loaded, live.listing)), host) if loaded else None
     sources = source_spans(loaded)
-    reached: dict[tuple[int, int], Json] = {}  # the calculators hand out one Exposure per port range
+    reached: dict[tuple[str, int, int], Json] = {}  # the calculators hand out one Exposure per port range
     sockets = []
     for listener in listeners:
         scope, _family, _address = socket_scope(listener)
@@ -427,7 +427,7 @@ def run_audit(policy_path: str | None, *, root: Path = Path("/"), profile: str |
         if found.diverted:
             entry["diverted"] = found.diverted
         wanted = intended.exposure(listener) if intended is not None else None
-        key = (id(found), id(wanted))
+        key = (scope, id(found), id(wanted))  # reach() answers from these three alone
         if key not in reached:
             reached[key] = reach(scope, found, wanted, sources, host.interfaces)
         entry["reach"] = reached[key]
