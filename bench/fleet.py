@@ -30,25 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
-from tests.fleet.fleetlab import FleetLab, Run, available  # noqa: E402
-
-POLICY = """
-[defaults]
-inbound = "drop"
-
-[zones]
-fleet = ["198.18.50.0/24"]
-
-[[inbound]]
-name = "ssh"
-ports = ["22/tcp"]
-from = ["any"]
-
-[[inbound]]
-name = "metrics"
-ports = ["9100/tcp"]
-from = ["fleet"]
-"""
+from tests.fleet.fleetlab import FLEET_POLICY, FleetLab, Run, available  # noqa: E402
 
 PLAYBOOK = """
 - hosts: fleet
@@ -97,7 +79,7 @@ def bench(hosts: int, forks: int) -> dict[str, Any]:
     setup_started = time.monotonic()
     with FleetLab(hosts) as fleet:
         setup_s = time.monotonic() - setup_started
-        run = fleet.playbook(PLAYBOOK, forks=forks, extra_vars={"policy": POLICY}, timeout=900)
+        run = fleet.playbook(PLAYBOOK, forks=forks, extra_vars={"policy": FLEET_POLICY}, timeout=900)
         if run.returncode != 0:
             raise SystemExit(f"the playbook failed\n{run.explain()}")
         figures = {task: task_figures(run, task, fleet.hosts) for task in TASKS}

@@ -36,6 +36,24 @@ CONTROLLER = f"{SUBNET}.100"
 SYSTEM_PYTHON = "/usr/bin/python3"
 SSHD = "/usr/sbin/sshd"
 CALLBACKS = Path(__file__).resolve().parent / "callback_plugins"
+# the policy the fleet test and bench/fleet.py roll out: ssh from anywhere, metrics from the fleet subnet
+FLEET_POLICY = """
+[defaults]
+inbound = "drop"
+
+[zones]
+fleet = ["198.18.50.0/24"]
+
+[[inbound]]
+name = "ssh"
+ports = ["22/tcp"]
+from = ["any"]
+
+[[inbound]]
+name = "metrics"
+ports = ["9100/tcp"]
+from = ["fleet"]
+"""
 
 # The private mount namespace of one host: overlays give /etc and /var/lib writable per-host copies (mount points
 # for the tmpfs below without mkdir on the real host); tmpfs over /etc/portward and /var/lib/portward = own state.

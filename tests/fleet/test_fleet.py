@@ -21,32 +21,14 @@ from typing import Any
 
 import pytest
 
-from tests.fleet.fleetlab import CONTROLLER, ROOT, FleetLab, Run, available
+from tests.fleet.fleetlab import CONTROLLER, FLEET_POLICY, ROOT, FleetLab, Run, available
 
 COLLECTION = ROOT / "ansible_collections" / "portward" / "fleet"
 ANSIBLE_TEST_HOME = Path.home() / ".cache" / "portward-ansible-test"
 GET_PIP_SHIM = Path(__file__).resolve().parent / "get_pip_shim.py"
 CONFIRM_TIMEOUT = 10
 
-POLICY_A = """
-[defaults]
-inbound = "drop"
-
-[zones]
-fleet = ["198.18.50.0/24"]
-
-[[inbound]]
-name = "ssh"
-ports = ["22/tcp"]
-from = ["any"]
-
-[[inbound]]
-name = "metrics"
-ports = ["9100/tcp"]
-from = ["fleet"]
-"""
-
-POLICY_B = POLICY_A + """
+POLICY_B = FLEET_POLICY + """
 [[inbound]]
 name = "web"
 ports = ["8080/tcp"]
@@ -54,7 +36,7 @@ from = ["any"]
 """
 
 # Blocks the controller everywhere, port 22 included: a new ssh session from it can never be set up.
-LOCKOUT = POLICY_A + f"""
+LOCKOUT = FLEET_POLICY + f"""
 [block]
 from = ["{CONTROLLER}"]
 """
@@ -97,7 +79,7 @@ def policy_results(run: Run) -> dict[str, dict[str, Any]]:
 
 
 def test_apply_to_all_hosts_confirms_over_a_fresh_connection(fleet: FleetLab) -> None:
-    run = apply(fleet, POLICY_A)
+    run = apply(fleet, FLEET_POLICY)
     assert run.returncode == 0, run.explain()
     results = policy_results(run)
     assert sorted(results) == fleet.hosts
@@ -108,13 +90,13 @@ def test_apply_to_all_hosts_confirms_over_a_fresh_connection(fleet: FleetLab) ->
         assert status["pending"] is None
         assert status["applied"]["policy"] == "/etc/portward/policy.toml"
         assert "9100" in fleet.ruleset(host)
-        assert fleet.in_host(host, ["cat", "/etc/portward/policy.toml"]).stdout == POLICY_A
+        assert fleet.in_host(host, ["cat", "/etc/portward/policy.toml"]).stdout == FLEET_POLICY
 
 
 def test_rerun_is_idempotent(fleet: FleetLab) -> None:
     generations = {host: fleet.status(host)["confirmed"]["generation"] for host in fleet.hosts}
     for options in ((), ("--check",)):
-        run = apply(fleet, POLICY_A, *options)
+        run = apply(fleet, FLEET_POLICY, *options)
         assert run.returncode == 0, run.explain()
         assert all(counts["changed"] == 0 for counts in run.recap().values()), run.explain()
         assert all(result["changes"] == [] for result in policy_results(run).values())
@@ -131,7 +113,7 @@ def test_check_diff_shows_the_policy_and_changes_nothing(fleet: FleetLab) -> Non
         assert result["generation"] is None
     assert '+name = "web"' in run.stdout  # the --diff of the policy file
     assert {host: fleet.ruleset(host) for host in fleet.hosts} == before
-    assert fleet.in_host("h1", ["cat", "/etc/portward/policy.toml"]).stdout == POLICY_A
+    assert fleet.in_host("h1", ["cat", "/etc/portward/policy.toml"]).stdout == FLEET_POLICY
 
 
 def test_lockout_fails_that_host_only_and_it_rolls_back_in_time(fleet: FleetLab) -> None:
@@ -177,7 +159,7 @@ def test_lockout_fails_that_host_only_and_it_rolls_back_in_time(fleet: FleetLab)
 
 def test_audit_facts_and_verify_from_the_controller(fleet: FleetLab) -> None:
     policy_file = fleet.tmp / "controller-policy-a.toml"
-    policy_file.write_text(POLICY_A)
+    policy_file.write_text(FLEET_POLICY)
     lockout_file = fleet.tmp / "controller-lockout.toml"
     lockout_file.write_text(LOCKOUT)
     play = """
